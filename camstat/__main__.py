@@ -1,0 +1,3 @@
+from camstat.cli import run
+
+run()

@@ -1,0 +1,204 @@
+"""``camstat extract``: run a model over a data split, store predictions and raw CAMs.
+
+The samples are cut into fixed chunks (the store's chunk size) and batches
+never cross a chunk, so every chunk is computed from the same batches
+whether the run is whole, resumed or sharded: the stores are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from camstat import data as data_mod
+from camstat import models
+from camstat.cams import CamEngine, parse_methods, parse_targets
+from camstat.devices import distributed_rank, resolve_device
+from camstat.errors import CamstatError
+from camstat.provenance import command_line, now, versions
+from camstat.store import StoreWriter, chunk_range, parse_shard
+
+DEFAULT_CHUNK = 256
+
+
+@dataclass
+class ExtractResult:
+    """What ``--json`` reports (SPEC 2.3)."""
+
+    n: int
+    accuracy: float
+    methods: list[str]
+    layers: list[str]
+    seconds: float
+    images_per_second: float
+    store: str
+    processed: int
+    complete: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_shapes(module: torch.nn.Module, layers: Sequence[str], sample: torch.Tensor) -> dict[str, list[int]]:
+    """Spatial shape (h, w) of each target layer's output for one input."""
+    shapes: dict[str, list[int]] = {}
+    named = dict(module.named_modules())
+    handles = [named[name].register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, list(o.shape[-2:])))
+               for name in layers]
+    try:
+        with torch.no_grad():
+            module(sample[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: shapes[name] for name in layers}
+
+
+def extract(
+    model: str,
+    data: str,
+    store: str | Path,
+    *,
+    split: str = "test",
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    trust_checkpoint: bool = False,
+    methods: str | Sequence[str] = "gradcam,gradcam++",
+    layer: str = "auto",
+    target: str = "pred",
+    size: int | None = None,
+    normalize: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    mode: str = "new",
+    shard: str | None = None,
+    on_bad_image: str = "skip",
+    seed: int = 0,
+    chunk: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Extract predictions and CAMs into a Zarr store; see SPEC 2.3.
+
+    ``mode`` is ``new`` (refuse an existing store), ``resume`` or ``overwrite``.
+    ``progress(done, total)`` is called after every batch.
+    """
+    method_list = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
+    target_list = parse_targets(target)
+    shard_kn = parse_shard(shard)
+    if shard_kn is None:
+        rank, world = distributed_rank()
+        shard_kn = (rank, world) if world > 1 else None
+    if batch_size < 1 or chunk < 1:
+        raise CamstatError("--batch-size must be at least 1")
+    dev = resolve_device(device)
+
+    loaded = models.load_model(model, num_classes=num_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+    meta = loaded.meta
+    norm = data_mod.parse_normalize(normalize, meta)
+    if size is None and meta.get("size"):
+        size = int(meta["size"][0])
+    dataset = data_mod.load_dataset(data, split, size=size, normalize=norm, limit=limit,
+                                    on_bad_image=on_bad_image, seed=seed)
+    if len(dataset) == 0:
+        raise CamstatError(f"data {data!r} split {split!r} holds no images")
+    if loaded.num_classes != len(dataset.classes):
+        raise CamstatError(
+            f"model has {loaded.num_classes} outputs but data {data!r} has {len(dataset.classes)} classes;"
+            " pass the right --num-classes or checkpoint"
+        )
+    net = loaded.module.eval().requires_grad_(False).to(dev)
+    layers = models.resolve_layers(net, layer, dataset.size)
+    shapes = layer_shapes(net, layers, dataset[0][0].to(dev))
+
+    attrs = {
+        "model": model,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": loaded.checkpoint_sha256,
+        "num_classes": loaded.num_classes,
+        "data": data,
+        "split": split,
+        "limit": limit,
+        "classes": list(dataset.classes),
+        "input_size": list(dataset.size),
+        "normalize": [list(dataset.normalize[0]), list(dataset.normalize[1])],
+        "methods": method_list,
+        "layers": layers,
+        "layer_shapes": shapes,
+        "targets": target_list,
+        "n": len(dataset),
+        "chunk": chunk,
+        "seed": seed,
+        "bad_images": list(dataset.bad_images),
+        "created": now(),
+        "command": command_line(),
+        "versions": versions(),
+        "device": str(dev),
+    }
+    mask_shape = tuple(dataset.size) if dataset.has_masks else None
+    chunks = chunk_range(len(dataset), chunk, shard_kn)
+    start = time.perf_counter()
+    processed = 0
+    with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
+                     chunks=chunks) as writer:
+        pending = writer.pending()
+        total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
+        batches = [list(range(s, min(s + batch_size, sl.stop)))
+                   for sl in map(writer.chunk_slice, pending) for s in range(sl.start, sl.stop, batch_size)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+        with CamEngine(net, layers, method_list) as engine:
+            parts: list = []
+            for images, labels, idx in loader:
+                out = engine(images.to(dev), labels.to(dev), target_list)
+                parts.append((idx.numpy(), labels.numpy(), out))
+                processed += len(idx)
+                if progress:
+                    progress(processed, total)
+                k = int(idx[0]) // chunk
+                if int(idx[-1]) + 1 == writer.chunk_slice(k).stop:
+                    _write_chunk(writer, k, parts, dataset)
+                    parts = []
+    seconds = time.perf_counter() - start
+    from camstat.store import Store
+
+    result_store = Store(store)
+    samples = result_store.samples
+    done = samples["done"]
+    accuracy = float(samples["correct"][done].mean()) if done.any() else float("nan")
+    return ExtractResult(
+        n=len(dataset), accuracy=accuracy, methods=method_list, layers=layers, seconds=seconds,
+        images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
+        processed=processed, complete=bool(done.all()),
+    )
+
+
+def _write_chunk(writer: StoreWriter, k: int, parts: list, dataset) -> None:
+    positions = np.concatenate([p[0] for p in parts])
+    logits = torch.cat([p[2].logits for p in parts]).float().cpu()
+    if not torch.isfinite(logits).all():
+        bad = positions[~torch.isfinite(logits).all(dim=1).numpy()]
+        raise CamstatError(
+            f"the model produced non-finite logits for {len(bad)} image(s) (dataset indices "
+            f"{', '.join(map(str, dataset.index[bad][:5]))}); check the checkpoint and --normalize"
+        )
+    # The same argmax the engine used for the "pred" target.
+    pred = logits.argmax(dim=1)
+    confidence = torch.softmax(logits, dim=1).gather(1, pred[:, None])[:, 0]
+    labels = np.concatenate([p[1] for p in parts])
+    samples = {
+        "index": dataset.index[positions],
+        "label": labels,
+        "pred": pred.numpy(),
+        "confidence": confidence.numpy(),
+        "correct": pred.numpy() == labels,
+        "logits": logits.numpy(),
+    }
+    maps = {key: torch.cat([p[2].maps[key] for p in parts]).float().cpu().numpy() for key in parts[0][2].maps}
+    masks = dataset.masks(positions) if dataset.has_masks else None
+    writer.write_chunk(k, samples, maps, masks)
