@@ -59,15 +59,21 @@ def write_json(path: Optional[Path], result: dict) -> None:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator:
-    """A rich progress bar; yields ``update(done, total)``."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None)
+    """A rich progress bar, shown from the first update on; yields ``update(done, total)``."""
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    task = bar.add_task(description, total=None)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 @app.callback()
@@ -98,7 +104,8 @@ def extract(
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
+    chunk: int = typer.Option(256, "--chunk", help="Samples per store chunk (the unit of resume and sharding)."),
     device: str = DeviceOpt,
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -115,7 +122,7 @@ def extract(
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, methods=methods, layer=layer,
             target=target, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
             device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
-            on_bad_image=on_bad_image, seed=seed, progress=update,
+            on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update,
         )
     out.print(
         f"{result.store}: {result.n} images, accuracy {result.accuracy:.4f}, {', '.join(result.methods)} at "

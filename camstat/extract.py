@@ -95,19 +95,27 @@ def extract(
     if shard_kn is None:
         rank, world = distributed_rank()
         shard_kn = (rank, world) if world > 1 else None
+    if shard_kn is not None and mode == "new":
+        mode = "resume"  # shards fill one store together: each joins the store its siblings made
     if batch_size < 1 or chunk < 1:
-        raise CamstatError("--batch-size must be at least 1")
+        raise CamstatError("--batch-size and --chunk must be at least 1")
     dev = resolve_device(device)
 
-    loaded = models.load_model(model, num_classes=num_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
-    meta = loaded.meta
-    norm = data_mod.parse_normalize(normalize, meta)
+    def build(n_classes):
+        # Seeded so that a model without checkpoint (the randomised-weights control) is reproducible.
+        torch.manual_seed(seed)
+        return models.load_model(model, num_classes=n_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+
+    # The checkpoint's metadata decides size and normalisation; without one, the data decides the classes.
+    loaded = build(num_classes) if checkpoint is not None or num_classes is not None else None
+    meta = loaded.meta if loaded else {}
     if size is None and meta.get("size"):
         size = int(meta["size"][0])
-    dataset = data_mod.load_dataset(data, split, size=size, normalize=norm, limit=limit,
-                                    on_bad_image=on_bad_image, seed=seed)
+    dataset = data_mod.load_dataset(data, split, size=size, normalize=data_mod.parse_normalize(normalize, meta),
+                                    limit=limit, on_bad_image=on_bad_image, seed=seed)
     if len(dataset) == 0:
         raise CamstatError(f"data {data!r} split {split!r} holds no images")
+    loaded = loaded or build(len(dataset.classes))
     if loaded.num_classes != len(dataset.classes):
         raise CamstatError(
             f"model has {loaded.num_classes} outputs but data {data!r} has {len(dataset.classes)} classes;"

@@ -282,7 +282,8 @@ class StoreWriter:
 
     def _create(self, num_classes: int, mask_shape) -> None:
         n, c = self.n, self.chunk
-        root = zarr.open_group(str(self.path), mode="w")
+        # Not mode="w": that would delete the lock file we hold.
+        root = zarr.open_group(str(self.path), mode="a")
         samples = root.create_group("samples")
         for name, dtype in (("index", "int64"), ("label", "int64"), ("pred", "int64"),
                             ("confidence", "float32"), ("correct", "bool"), ("done", "bool")):
