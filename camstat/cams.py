@@ -101,25 +101,22 @@ class LayerCAM(CamMethod):
 NATIVE: dict[str, CamMethod] = {m.name: m for m in (GradCAM(), GradCAMPlusPlus(), XGradCAM(), HiResCAM(), LayerCAM())}
 
 
-def _library_methods() -> dict[str, type]:
-    """pytorch-grad-cam's other methods, by the names its README uses (lower case)."""
-    import pytorch_grad_cam as pgc
-
-    names = {
-        "scorecam": "ScoreCAM",
-        "eigencam": "EigenCAM",
-        "eigengradcam": "EigenGradCAM",
-        "ablationcam": "AblationCAM",
-        "gradcamelementwise": "GradCAMElementWise",
-        "randomcam": "RandomCAM",
-        "kpcacam": "KPCA_CAM",
-        "shapleycam": "ShapleyCAM",
-    }
-    return {k: getattr(pgc, v) for k, v in names.items() if hasattr(pgc, v)}
+# pytorch-grad-cam's other methods, by the names its README uses (lower case) -> class name.
+# Imported only when asked for: importing the library costs seconds.
+LIBRARY = {
+    "scorecam": "ScoreCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "ablationcam": "AblationCAM",
+    "gradcamelementwise": "GradCAMElementWise",
+    "randomcam": "RandomCAM",
+    "kpcacam": "KPCA_CAM",
+    "shapleycam": "ShapleyCAM",
+}
 
 
 def available_methods() -> list[str]:
-    return list(NATIVE) + sorted(_library_methods())
+    return list(NATIVE) + sorted(LIBRARY)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -169,11 +166,12 @@ class CamEngine:
         self._acts: dict[str, torch.Tensor] = {}
         self._capturing = False
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
-        library = _library_methods()
         self._library = {}
         for m in self.methods:
-            if m in library:
-                obj = library[m](model=model, target_layers=[modules[name] for name in self.layers])
+            if m in LIBRARY:
+                import pytorch_grad_cam
+
+                obj = getattr(pytorch_grad_cam, LIBRARY[m])(model=model, target_layers=[modules[n] for n in self.layers])
                 # The library's own hooks would record every forward we make: we feed it ours.
                 obj.activations_and_grads.release()
                 self._library[m] = obj

@@ -42,7 +42,7 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 cams = [GradCAM(model=model, target_layers=[model.layer4]), GradCAMPlusPlus(model=model, target_layers=[model.layer4])]
 for x, y, i in loader:
     for cam in cams:
-        cam(x)  # targets=None: the predicted class, as camstat's --target pred
+        cam(x, None)  # targets=None: the predicted class, as camstat --target pred
 """
 
 INFER = COMMON + """
