@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camstat.errors import CamstatError
+from camstat.provenance import sha256_file
 
 MODEL_FORMS = (
     "torchvision:NAME, camstat:resnet20, camstat:smallcnn, timm:NAME, "
@@ -310,14 +311,6 @@ def build_model(spec: str, num_classes: int | None) -> nn.Module:
 
 # --------------------------------------------------------------------------
 # checkpoints
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_safetensors(path: Path) -> bool:
