@@ -208,6 +208,176 @@ def layers(
                            "layers": [{"name": c.name, "type": c.type, "shape": list(c.out_shape)} for c in candidates]})
 
 
+@app.command("train-reg")
+def train_reg(
+    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT (train split to learn, test split held out)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory, e.g. runs/NAME (rerun the same command to resume)."),
+    model: str = typer.Option("camstat:resnet20", "--model", help="Architecture spec, trained from scratch (see extract)."),
+    lam: float = typer.Option(0.0, "--lambda", help="Weight of the CAM term; 0 = plain cross-entropy training (the baseline)."),
+    loss: str = typer.Option("mean", "--loss", help="mean (to --means class maps), variance (within-batch, per class), spread (narrower maps), neg-variance, hybrid."),
+    cam: str = typer.Option("gradcam", "--cam", help="Differentiable CAM: gradcam or gradcam++."),
+    means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (camstat extract --split train); class means of its correct maps."),
+    layer: str = typer.Option("auto", "--layer", help="Target layer: auto (last conv stage) or a module name."),
+    schedule: str = typer.Option("constant", "--schedule", help="Lambda over epochs: constant, linear (ramps to lambda) or curriculum (0 for a warm-up, then a ramp)."),
+    cam_warmup: Optional[int] = typer.Option(None, "--cam-warmup", help="Curriculum: epochs at lambda 0 (default 20 % of the epochs)."),
+    cam_ramp: Optional[int] = typer.Option(None, "--cam-ramp", help="Curriculum: epochs of the ramp to lambda (default 20 % of the epochs)."),
+    hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms and weights of --loss hybrid: mean, variance, spread, neg-variance."),
+    means_update: str = typer.Option("none", "--means-update", help="none or ema (refresh the means from the model's own correct training maps)."),
+    ema_decay: float = typer.Option(0.99, "--ema-decay", help="Per-step decay of --means-update ema."),
+    epochs: int = typer.Option(200, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Global batch size (split over torchrun processes)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.1 x batch/128 for SGD, 1e-3 x batch/128 for AdamW)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9, nesterov) or adamw."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    nesterov: bool = typer.Option(True, "--nesterov/--no-nesterov"),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (per step, to 0) or constant."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop (pad 4) and horizontal flip."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input size (default: the data's own)."),
+    normalize: Optional[str] = typer.Option(None, "--normalize", help="imagenet (default), cifar, none or MEAN,STD."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Train on N images (a fixed class-balanced subset)."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Hold out N test images (default: the whole test split)."),
+    eval_batch_size: int = typer.Option(256, "--eval-batch-size"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (4-8 for image folders on GPU)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds weights, data order and augmentation; compare pairs runs by seed."),
+    device: str = DeviceOpt,
+    amp: bool = typer.Option(False, "--amp", help="bf16 (or fp16) autocast on CUDA; the CAM term stays float32."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an existing --out."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Train with L = L_cls + lambda * L_cam (lambda 0 = baseline); writes model.pt, run.json, metrics.jsonl."""
+    from camstat.train import TrainConfig, train
+
+    config = TrainConfig(
+        model=model, data=data, out=str(out_dir), lam=lam, loss=loss, cam=cam, means=str(means) if means else None,
+        layer=layer, schedule=schedule, cam_warmup=cam_warmup, cam_ramp=cam_ramp, hybrid=hybrid,
+        means_update=means_update, ema_decay=ema_decay, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr_schedule=lr_schedule,
+        augment=augment, size=size, normalize=normalize, limit=limit, eval_limit=eval_limit,
+        eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
+    )
+    fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)
+
+    def on_epoch(r: dict) -> None:
+        console.print(f"epoch {r['epoch']}: lambda {r['lambda']:g}  loss {r['loss']:.4f} (cls {r['loss_cls']:.4f}, "
+                      f"cam {fmt(r['loss_cam'])})  accuracy {r['accuracy']:.4f}  dist {fmt(r['dist'])}  "
+                      f"ssim {fmt(r['ssim'])}  {r['seconds']:.1f}s", highlight=False)
+
+    with progress_bar("train-reg") as update:
+        result = train(config, progress=update, on_epoch=on_epoch)
+    if result.already_complete:
+        out.print(f"{result.out} is already complete ({result.epochs} epochs); pass --overwrite to train it again",
+                  soft_wrap=True, highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    final = result.final
+    table = Table(title=f"{result.out}: {result.epochs} epochs, world size {result.world_size}")
+    for col in ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam"):
+        table.add_column(col, justify="right")
+    table.add_row(*(fmt(final.get(k), "g" if k == "lambda" else ".4f") for k in
+                    ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam")))
+    out.print(table)
+    write_json(json_path, result.to_dict())
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def compare(
+    runs: list[str] = typer.Argument(..., help="RUN... --vs RUN...: the runs of arm A, then --vs, then arm B's."),
+    means: Optional[Path] = typer.Option(None, "--means", help="Measure consistency against this train-split store's class means (default: each run's own)."),
+    names: Optional[str] = typer.Option(None, "--names", help="Arm names A,B (default: from lambda and loss)."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """H2: accuracy and consistency per arm (mean, sd, 95% CI), paired tests by seed, exact McNemar."""
+    from camstat.compare import compare_runs
+
+    arm_a, arm_b, side = [], [], None
+    for token in runs:
+        if token == "--vs" or token.startswith("--vs="):
+            side = arm_b
+            token = token[len("--vs="):] if token.startswith("--vs=") else ""
+            if not token:
+                continue
+        elif token.startswith("-"):
+            raise CamstatError(f"unknown option {token!r} for compare")
+        (side if side is not None else arm_a).append(token)
+    if side is None:
+        raise CamstatError("compare needs two arms: camstat compare RUN... --vs RUN...")
+    result = compare_runs(arm_a, arm_b, names=names.split(",") if names else None, means=means)
+    d = result.to_dict()
+    a, b = result.names
+    num = lambda v, spec=".4f": "-" if v is None else format(v, spec)
+    ci = lambda s: "-" if not s or s.get("ci95") is None or s["ci95"][0] is None else \
+        f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+    metrics = ("accuracy", "dist", "ssim")
+    ref = "own class means, leave-one-out" if result.reference == "self" else f"class means of {result.reference}"
+    arms_table = Table(title=f"per arm: mean ± sd [95% CI] over runs; dist and ssim to {ref}")
+    for col in ("arm", "runs", *metrics):
+        arms_table.add_column(col, justify="right" if col != "arm" else "left")
+    for name in result.names:
+        arm = d["arms"][name]
+        arms_table.add_row(name, str(len(arm["runs"])),
+                           *(f"{num(arm[m]['mean'])} ± {num(arm[m]['sd'])}\n{ci(arm[m])}" for m in metrics))
+    out.print(arms_table)
+    paired_table = Table(title=f"paired by seed ({len(d['paired']['pairs'])} pairs): {a} - {b}")
+    for col in ("metric", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"):
+        paired_table.add_column(col, justify="right")
+    for m in metrics:
+        p = d["paired"][m] or {}
+        paired_table.add_row(m, num(p.get("mean_diff")), ci(p), num(p.get("p_ttest"), ".3g"),
+                             num(p.get("p_wilcoxon"), ".3g"))
+    out.print(paired_table)
+    for row in d["mcnemar"]["per_pair"]:
+        out.print(f"McNemar, seed {row['seed']}: {row['b']} images only {a} gets right, {row['c']} only {b};"
+                  f" exact p = {row['p_value']:.3g}", highlight=False, soft_wrap=True)
+    if d["mcnemar"]["pooled"]:
+        pooled = d["mcnemar"]["pooled"]
+        out.print(f"McNemar, pooled over {pooled['pairs']} pairs (descriptive): {pooled['b']} vs {pooled['c']};"
+                  f" p = {pooled['p_value']:.3g}", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    write_json(json_path, d)
+
+
+@app.command()
+def consistency(
+    store: Path = typer.Argument(..., help="A complete camstat store."),
+    by: str = typer.Option("correct", "--by", help="correct (H1 tests per class and pooled), class (group-level consistency per class) or cluster (k-means composition clusters; H1 tests within clusters)."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
+    target: str = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies): dist, ssim, iou, corr, com, entropy, spread, pointing, energy (the last two need masks)."),
+    class_of: str = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (e.g. the train split); default: leave-one-out means of this store."),
+    correction: str = typer.Option("holm", "--correction", help="Multiplicity over classes x metrics: holm, fdr_bh or bonferroni."),
+    permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
+    min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
+    seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap, controls, k-means and pair samples."),
+    control: Optional[str] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
+    random_store: Optional[Path] = typer.Option(None, "--random-store", help="Store of the same architecture with randomised weights (extract without --checkpoint): Adebayo et al. sanity check."),
+    clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
+    pair_sample: int = typer.Option(500, "--pair-sample", help="At most this many maps per group for pairwise group-level metrics (seeded sample)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Analysis size in pixels (default: the store's input size)."),
+    q: float = typer.Option(0.2, "--q", help="Top fraction of pixels for the IoU masks."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write the per-image metrics and result under the store's derived/ group."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Consistency metrics and H1 tests: are correct predictions' maps closer to their class's mean map?"""
+    from camstat.consistency import analyze, render
+
+    with progress_bar("consistency") as update:
+        result = analyze(
+            store, method=method, layer=layer, target=target, by=by, metrics=metrics, class_of=class_of,
+            reference=reference, size=size, q=q, correction=correction, permutations=permutations, n_boot=bootstrap,
+            min_group=min_group, seed=seed, control=control, random_store=random_store, clusters=clusters,
+            pair_sample=pair_sample, save=save, progress=update,
+        )
+    d = result.to_dict()
+    for item in render(d):
+        out.print(item)
+    write_json(json_path, d)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: one-line errors with exit code 2 unless ``--debug``."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,174 @@
+"""H2 comparison of train-reg runs (per-arm summaries, paired tests by seed, McNemar) and the digits pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from camstat import stats
+from camstat.cli import main
+from camstat.compare import compare_runs
+from camstat.errors import CamstatError
+from camstat.train import TrainConfig, read_records, train
+
+TINY = dict(model="camstat:smallcnn", data="builtin:digits", limit=256, eval_limit=60, batch_size=16, epochs=3,
+            lr=0.1, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine two OpenMP threads
+    contending with other processes run many times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def arms(tmp_path_factory):
+    """Two seeds of a baseline arm and of a regularised arm."""
+    root = tmp_path_factory.mktemp("arms")
+    base = [train(TrainConfig(out=str(root / f"base{s}"), seed=s, **TINY)).out for s in (0, 1)]
+    reg = [train(TrainConfig(out=str(root / f"reg{s}"), seed=s, lam=0.3, loss="variance", **TINY)).out
+           for s in (0, 1)]
+    return root, base, reg
+
+
+def heldout(run):
+    with np.load(Path(run) / "heldout.npz") as h:
+        return {k: h[k] for k in h.files}
+
+
+def test_compare_runs_numbers(arms):
+    root, base, reg = arms
+    result = compare_runs(reg, base)
+    d = result.to_dict()
+    a, b = result.names
+    assert (a, b) == ("lambda=0.3 variance", "lambda=0")
+    assert set(d) >= {"arms", "paired", "mcnemar", "runs", "reference"}
+    acc = {name: [float(heldout(r)["correct"].mean()) for r in runs] for name, runs in ((a, reg), (b, base))}
+    for name in (a, b):
+        arm = d["arms"][name]
+        assert arm["seeds"] == [0, 1]
+        assert set(arm) >= {"runs", "accuracy", "dist", "ssim"}
+        expected = stats.summarize(acc[name]).to_dict()
+        assert arm["accuracy"]["mean"] == pytest.approx(expected["mean"])
+        assert arm["accuracy"]["ci95"] == pytest.approx(expected["ci95"], nan_ok=True)
+        # consistency is the run's own (leave-one-out) class means by default, as recorded at its last epoch
+        runs = reg if name == a else base
+        assert arm["dist"]["values"] == pytest.approx([read_records(r)[-1]["dist_self"] for r in runs])
+        assert arm["ssim"]["values"] == pytest.approx([read_records(r)[-1]["ssim_self"] for r in runs])
+    paired = stats.paired_test(acc[a], acc[b]).to_dict()
+    assert d["paired"]["accuracy"]["mean_diff"] == pytest.approx(paired["mean_diff"])
+    assert d["paired"]["difference"] == f"{a} - {b}"
+    assert [p["seed"] for p in d["paired"]["pairs"]] == [0, 1]
+    for row, r, s in zip(d["mcnemar"]["per_pair"], reg, base):
+        expected = stats.mcnemar_exact(heldout(r)["correct"], heldout(s)["correct"]).to_dict()
+        assert {k: row[k] for k in ("b", "c", "p_value")} == pytest.approx(expected)
+    pooled = d["mcnemar"]["pooled"]
+    assert pooled["pairs"] == 2
+    assert pooled["b"] == sum(row["b"] for row in d["mcnemar"]["per_pair"])
+
+
+def test_pairs_by_seed_not_by_position(arms):
+    root, base, reg = arms
+    one = compare_runs(reg, base).to_dict()
+    two = compare_runs(reg[::-1], base).to_dict()
+    assert [p["seed"] for p in two["paired"]["pairs"]] == [1, 0]
+    assert two["paired"]["accuracy"]["mean_diff"] == pytest.approx(one["paired"]["accuracy"]["mean_diff"])
+    lone = compare_runs(reg[:1], base).to_dict()
+    assert [p["seed"] for p in lone["paired"]["pairs"]] == [0] and lone["mcnemar"]["pooled"] is None
+    assert any("without a partner" in n for n in lone["notes"])
+
+
+def test_compare_cli_json_and_table(arms, tmp_path, capsys):
+    root, base, reg = arms
+    path = tmp_path / "cmp.json"
+    assert main(["compare", *reg, "--vs", *base, "--names", "reg,base", "--json", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "McNemar, seed 0" in shown and "accuracy" in shown
+    d = json.loads(path.read_text())
+    assert list(d["arms"]) == ["reg", "base"]
+    assert d["runs"] == [*reg, *base]
+    # repeated --vs works as well
+    assert main(["compare", reg[0], "--vs", base[0], "--vs", base[1], "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["arms"]["lambda=0"]["runs"] == base
+
+
+def test_compare_with_a_means_store(arms):
+    from camstat.extract import extract
+
+    root, base, reg = arms
+    store = root / "base0_train.zarr"
+    if not store.exists():
+        extract("camstat:smallcnn", "builtin:digits", store, split="train", checkpoint=str(Path(base[0]) / "model.pt"),
+                methods="gradcam", limit=TINY["limit"], device="cpu")
+    d = compare_runs(reg, base, means=store).to_dict()
+    assert d["reference"] == str(store)
+    # the baseline recorded its dist against its own means; against the store's they differ
+    own = compare_runs(reg, base).to_dict()
+    assert d["arms"]["lambda=0"]["dist"]["values"] != own["arms"]["lambda=0"]["dist"]["values"]
+    assert all(0 <= v <= 1 for v in d["arms"]["lambda=0"]["ssim"]["values"])
+
+
+def test_compare_refusals(arms, tmp_path, capsys):
+    root, base, reg = arms
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(reg[0], unfinished)
+    info = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    cases = [
+        ([str(unfinished), "--vs", base[0]], "not complete"),
+        ([reg[0], reg[0], "--vs", base[0]], "seed"),
+        ([reg[0], "--vs", str(tmp_path / "nothing")], "no run.json"),
+        ([*reg, base[0]], "--vs"),
+        ([*reg, "--vs", *base, "--names", "x"], "names"),
+    ]
+    for args, match in cases:
+        assert main(["compare", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and match in err, err
+    other = train(TrainConfig(out=str(tmp_path / "other"), seed=0, **{**TINY, "eval_limit": 50, "epochs": 1})).out
+    with pytest.raises(CamstatError, match="held-out images"):
+        compare_runs([other], base[:1])
+
+
+@pytest.mark.slow
+def test_digits_end_to_end(tmp_path, capsys):
+    """Baseline (lambda 0) -> extract --split train -> train-reg --lambda 0.2 --means -> compare, on CPU."""
+    start = time.perf_counter()
+    common = ["--model", "camstat:smallcnn", "--data", "builtin:digits", "--epochs", "6", "--batch-size", "32",
+              "--lr", "0.1", "--device", "cpu"]
+    for seed in (0, 1):
+        assert main(["train-reg", *common, "--lambda", "0", "--seed", str(seed),
+                     "--out", str(tmp_path / f"base{seed}")]) == 0
+    store = tmp_path / "base0_train.zarr"
+    assert main(["extract", "--model", "camstat:smallcnn", "--checkpoint", str(tmp_path / "base0" / "model.pt"), "--data", "builtin:digits",
+                 "--split", "train", "--methods", "gradcam", "--store", str(store), "--device", "cpu"]) == 0
+    for seed in (0, 1):
+        assert main(["train-reg", *common, "--lambda", "0.2", "--means", str(store), "--seed", str(seed),
+                     "--out", str(tmp_path / f"reg{seed}")]) == 0
+    path = tmp_path / "compare.json"
+    assert main(["compare", str(tmp_path / "reg0"), str(tmp_path / "reg1"), "--vs", str(tmp_path / "base0"),
+                 str(tmp_path / "base1"), "--json", str(path)]) == 0
+    seconds = time.perf_counter() - start
+    d = json.loads(path.read_text())
+    base_acc = d["arms"]["lambda=0"]["accuracy"]["mean"]
+    reg_acc = d["arms"]["lambda=0.2 mean"]["accuracy"]["mean"]
+    trajectories = [[r["loss_cam"] for r in read_records(tmp_path / f"reg{s}")] for s in (0, 1)]
+    capsys.readouterr()
+    with capsys.disabled():
+        print(f"\ndigits end to end in {seconds:.1f}s: accuracy lambda=0 {base_acc:.3f}, lambda=0.2 {reg_acc:.3f};"
+              f" loss_cam per epoch {[[round(v, 4) for v in t] for t in trajectories]}")
+    assert base_acc > 0.8 and reg_acc > 0.8
+    for t in trajectories:
+        assert t[-1] < t[0]
+    assert len(d["mcnemar"]["per_pair"]) == 2
+    assert seconds < 120
