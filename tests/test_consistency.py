@@ -1,0 +1,320 @@
+"""H1 analysis of a store: planted effect found, controls vanish, LOO exact, streaming, derived results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from camstat import consistency, metrics
+from camstat.cli import main
+from camstat.consistency import analyze
+from camstat.errors import CamstatError
+from camstat.extract import extract
+from camstat.store import Store, open_store
+
+N = 240
+K = 6
+FAST = dict(permutations=499, n_boot=200)
+SPEC_ROW_KEYS = {"class", "n_correct", "n_incorrect", "median_correct", "median_incorrect", "p_value", "p_adjusted",
+                 "cliffs_delta", "ci95"}
+SPEC_POOLED_KEYS = {"p_permutation", "odds_ratio_per_sd", "p_lrt", "p_lrt_given_confidence", "auc", "auc_ci95"}
+
+
+def _prototype(c: int, h: int = 8, w: int = 8) -> np.ndarray:
+    """A class's map: a Gaussian blob at a class-specific place."""
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    cy, cx = 1.5 + (c % 3) * 2.5, 2.0 + (c // 3) * 4.0
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 3.0).astype(np.float32)
+
+
+def _plant(path: Path, seed: int, split: str = "test") -> dict:
+    """Overwrite a store's predictions and raw maps with a planted H1 effect.
+
+    Correct images' maps are their (predicted) class prototype plus a little
+    noise, incorrect images' maps a weak prototype under strong noise.
+    Class 4 (by prediction) is always right (skipped: no incorrect images);
+    class 5 has exactly one correct image (its LOO reference is undefined).
+    """
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="r+")
+    n = root["samples/index"].shape[0]
+    pred = np.arange(n) % K
+    correct = rng.random(n) < 0.65
+    correct[pred == 4] = True
+    five = np.flatnonzero(pred == 5)
+    correct[five] = False
+    correct[five[0]] = True
+    label = np.where(correct, pred, (pred + 1 + rng.integers(0, K - 1, n)) % K)
+    maps = np.empty((n, 8, 8), np.float32)
+    for i in range(n):
+        proto = _prototype(int(pred[i]))
+        noise = rng.random((8, 8)).astype(np.float32)
+        maps[i] = proto + 0.15 * noise if correct[i] else 0.35 * proto + 0.9 * noise
+    logits = rng.normal(size=(n, K)).astype(np.float32)
+    samples = root["samples"]
+    samples["pred"][:] = pred
+    samples["label"][:] = label
+    samples["correct"][:] = correct
+    samples["confidence"][:] = rng.uniform(0.3, 1.0, n).astype(np.float32)
+    samples["logits"][:] = logits
+    root["maps/gradcam/features/pred"][:] = maps
+    return {"pred": pred, "correct": correct, "label": label}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("consistency")
+    kw = dict(methods="gradcam", device="cpu", chunk=64, batch_size=64)
+    extract("camstat:smallcnn", f"builtin:shapes?n={N}", tmp / "main.zarr", split="test", **kw)
+    # the randomised-weights store: the same model without checkpoint, maps as extracted
+    shutil.copytree(tmp / "main.zarr", tmp / "random.zarr")
+    extract("camstat:smallcnn", f"builtin:shapes?n={N}", tmp / "train.zarr", split="train", **kw)
+    _plant(tmp / "main.zarr", seed=1)
+    _plant(tmp / "train.zarr", seed=2, split="train")
+    return {"main": tmp / "main.zarr", "random": tmp / "random.zarr", "train": tmp / "train.zarr", "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def h1(stores) -> dict:
+    return analyze(stores["main"], by="correct", control="permuted", save=False, seed=1, **FAST).to_dict()
+
+
+def _files(path: Path, skip_derived: bool = True) -> dict[str, str]:
+    out = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path).as_posix()
+        if p.is_file() and not (skip_derived and rel.startswith("derived")) and rel != "camstat.lock":
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_h1_detected_with_the_right_sign(h1):
+    assert h1["by"] == "correct" and h1["n"] == N
+    for key in ("dist", "ssim", "corr", "iou", "com"):
+        m = h1["metrics"][key]
+        assert m["higher_is_more_consistent"] == metrics.PER_IMAGE[key].higher_is_more_consistent
+        assert m["verdict"]["direction"] == "supported", key
+        assert m["verdict"]["significant"], key
+        assert m["pooled"]["p_permutation"] < 0.01
+        assert m["verdict"]["auc_consistency"] > 0.8
+    dist = h1["metrics"]["dist"]
+    assert dist["pooled"]["statistic"] < 0  # lower distance for correct images
+    assert dist["pooled"]["auc"] < 0.2  # AUC of the metric as given
+    for row in dist["per_class"]:
+        assert row["median_correct"] < row["median_incorrect"] and row["cliffs_delta"] < 0
+    assert h1["metrics"]["ssim"]["pooled"]["statistic"] > 0
+    # degenerate classes are reported, not dropped
+    skipped = dict(dist["skipped"])
+    assert "n_incorrect=0" in skipped[open_store_classes()[4]]
+    assert "n_correct=0" in skipped[open_store_classes()[5]]  # its one correct image has no reference
+    # the only correct image of class 5 has no LOO reference: NaN, counted
+    assert h1["undefined_reference"]["n"] == 1
+    assert dist["n_undefined"] == 1 and dist["pooled"]["n_nan_dropped"] == 1
+    assert h1["metrics"]["entropy"]["n_undefined"] == 0  # reference-free metrics stay defined
+    assert "pointing" in h1["metrics"] and "energy" in h1["metrics"]  # the shapes data has masks
+    assert list(h1["metrics"]) == metrics.default_metric_names(True)
+    assert "more consistent than incorrect ones" in h1["metrics"]["ssim"]["verdict"]["text"]
+
+
+def open_store_classes() -> list[str]:
+    from camstat.data import SHAPE_NAMES
+
+    return list(SHAPE_NAMES[:K])
+
+
+def test_json_keys_are_spec_4(h1):
+    assert {"method", "layer", "by", "metrics"} <= set(h1)
+    assert {"n", "accuracy", "params", "controls", "store", "provenance"} <= set(h1)
+    assert h1["method"] == "gradcam" and h1["layer"] == "features"
+    for m in h1["metrics"].values():
+        assert {"per_class", "pooled", "skipped"} <= set(m)
+        assert m["per_class"], "planted classes 0-3 have both groups"
+        for row in m["per_class"]:
+            assert set(row) == SPEC_ROW_KEYS
+        assert SPEC_POOLED_KEYS <= set(m["pooled"])
+    prov = h1["provenance"]
+    assert {"checkpoint_sha256", "command", "versions"} <= set(prov)
+    assert h1["params"]["seed"] == 1 and h1["params"]["permutations"] == FAST["permutations"]
+    json.dumps(h1, allow_nan=False)  # strict JSON: no NaN
+
+
+def test_permuted_control_vanishes(h1):
+    # Under the shuffle p is uniform (about 1 seed in 20 gives p < 0.05); this seed is a typical one.
+    ctl = h1["controls"]["permuted"]
+    assert ctl["n_changed"] > 0
+    for key in ("dist", "ssim", "corr", "iou"):
+        real, shuffled = h1["metrics"][key]["pooled"], ctl["metrics"][key]["pooled"]
+        assert real["p_permutation"] < 0.01
+        assert shuffled["p_permutation"] > 0.05, key
+        assert abs(shuffled["statistic"]) < 0.25 * abs(real["statistic"])
+        assert not ctl["metrics"][key]["verdict"]["significant"]
+        assert set(ctl["metrics"][key]) >= {"per_class", "pooled", "skipped"}
+    # the whole pipeline under the null (references rebuilt from shuffled labels) is reported too
+    rebuilt = ctl["rebuilt_references"]["metrics"]["dist"]
+    assert rebuilt["direction"] in ("supported", "opposite", "none") and 0 < rebuilt["p_permutation"] <= 1
+
+
+def test_loo_reference_never_contains_the_image(stores):
+    res = analyze(stores["main"], metrics="dist,corr", save=False, permutations=9, n_boot=0)
+    s = open_store(stores["main"])
+    maps = s.maps("gradcam", "features").astype(np.float64)
+    pred, correct = s.samples["pred"], s.samples["correct"]
+    naive_dist = np.full(s.n, np.nan)
+    naive_corr = np.full(s.n, np.nan)
+    for i in range(s.n):
+        others = np.flatnonzero((pred == pred[i]) & correct)
+        others = others[others != i]
+        if others.size == 0:
+            continue
+        ref = maps[others].mean(axis=0)
+        naive_dist[i] = ((maps[i] - ref) ** 2).mean()
+        naive_corr[i] = np.corrcoef(maps[i].ravel(), ref.ravel())[0, 1]
+    np.testing.assert_allclose(res.values["dist"], naive_dist, rtol=1e-4, atol=1e-7, equal_nan=True)
+    np.testing.assert_allclose(res.values["corr"], naive_corr, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert np.isnan(res.values["dist"]).sum() == 1
+    # including the image itself would give a smaller distance for correct images
+    ref_with_self = np.stack([maps[(pred == pred[i]) & correct].mean(axis=0) for i in range(s.n)])
+    with_self = ((maps - ref_with_self) ** 2).mean(axis=(1, 2))
+    ok = correct & ~np.isnan(naive_dist)
+    assert np.all(with_self[ok] < res.values["dist"][ok])
+
+
+def test_reference_store(stores):
+    d = analyze(stores["main"], reference=stores["train"], metrics="dist,ssim", save=False, **FAST).to_dict()
+    ref = d["params"]["reference"]
+    assert ref["path"] == str(stores["train"]) and ref["split"] == "train" and len(ref["means_sha256"]) == 64
+    assert d["undefined_reference"]["n"] == 0  # every class has correct training maps
+    assert d["metrics"]["dist"]["verdict"]["direction"] == "supported"
+    assert d["metrics"]["dist"]["verdict"]["significant"]
+    with pytest.raises(CamstatError, match="itself"):
+        analyze(stores["main"], reference=stores["main"], save=False)
+    assert main(["consistency", str(stores["main"]), "--reference", str(stores["tmp"] / "nope.zarr")]) == 2
+
+
+def test_by_class(stores):
+    d = analyze(stores["main"], by="class", save=False, pair_sample=30, **FAST).to_dict()
+    assert d["by"] == "class" and len(d["groups"]) == K
+    g0 = d["groups"][0]
+    assert g0["n"] == N // K and g0["n_correct"] + g0["n_incorrect"] == g0["n"]
+    assert g0["all"]["n_sampled"] == 30 and g0["all"]["n"] == N // K
+    # planted: correct maps agree with each other more than incorrect ones
+    assert g0["correct"]["mean_pairwise_ssim"] > g0["incorrect"]["mean_pairwise_ssim"]
+    assert g0["correct"]["mean_dist_to_mean"] < g0["incorrect"]["mean_dist_to_mean"]
+    assert "note" in d["groups"][4]["incorrect"]  # class 4 has no incorrect image
+    rows = d["metrics"]["dist"]["per_class"]
+    assert rows[0]["median_correct"] < rows[0]["median_incorrect"]
+    # the streamed group-level values follow metrics.group_consistency's definitions: the non-pairwise ones
+    # exactly over all maps, the pairwise ones over the sample (here the whole correct subset: 24 <= 30 maps)
+    s = open_store(stores["main"])
+    pred, correct = s.samples["pred"], s.samples["correct"]
+    whole = metrics.group_consistency(s.maps("gradcam", indices=np.flatnonzero(pred == 0)), max_pairs_sample=None)
+    for key in ("com_dispersion", "mean_dist_to_mean"):
+        assert g0["all"][key] == pytest.approx(whole[key], rel=1e-9, abs=1e-12)
+    members = np.flatnonzero((pred == 0) & correct)
+    assert g0["correct"]["n_sampled"] == members.size and not g0["correct"]["sampled"]
+    exact = metrics.group_consistency(s.maps("gradcam", indices=members), max_pairs_sample=None)
+    for key in ("mean_pairwise_ssim", "mean_pairwise_iou", "com_dispersion", "mean_dist_to_mean"):
+        assert g0["correct"][key] == pytest.approx(exact[key], rel=1e-9, abs=1e-12)
+
+
+def test_by_cluster(stores):
+    d = analyze(stores["main"], by="cluster", clusters=3, save=False, pair_sample=20, **FAST).to_dict()
+    c = d["clusters"]
+    assert c["k"] == 3 and sum(c["sizes"]) == N and c["sizes"] == sorted(c["sizes"], reverse=True)
+    assert [g["cluster"] for g in d["groups"]] == ["cluster 0", "cluster 1", "cluster 2"]
+    dist = d["metrics"]["dist"]
+    assert {row["class"] for row in dist["per_class"]} <= {"cluster 0", "cluster 1", "cluster 2"}
+    assert dist["pooled"]["n"] > 0 and dist["pooled"]["p_permutation"] is not None
+    assert d["params"]["reference_kind"].endswith("same cluster")
+
+
+def test_random_store_sanity_check(stores):
+    res = analyze(stores["main"], random_store=stores["random"], metrics="dist,ssim,entropy", save=False, **FAST)
+    d = res.to_dict()
+    rc = d["controls"]["random_weights"]
+    assert rc["store"]["path"] == str(stores["random"])
+    for key in ("dist", "ssim", "entropy"):
+        row = rc["metrics"][key]
+        assert {"median_trained", "median_random", "auc_trained", "auc_random", "random_over_trained",
+                "paired_trained_minus_random"} <= set(row)
+        assert row["median_trained"] == pytest.approx(np.nanmedian(res.values[key]), rel=1e-9)
+        assert row["median_random"] == pytest.approx(np.nanmedian(res.controls["random_weights"][key]), rel=1e-9)
+    # the planted (trained) effect is strong; the random model's maps know nothing about correctness
+    assert abs(rc["metrics"]["dist"]["auc_random"] - 0.5) < abs(rc["metrics"]["dist"]["auc_trained"] - 0.5)
+    with pytest.raises(CamstatError, match="does not match"):
+        analyze(stores["main"], random_store=stores["train"], save=False)
+
+
+def test_same_seed_same_json(stores):
+    kw = dict(by="correct", metrics="dist,iou", control="permuted", save=False, permutations=199, n_boot=100)
+    a = analyze(stores["main"], seed=3, **kw).to_dict()
+    b = analyze(stores["main"], seed=3, **kw).to_dict()
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    c = analyze(stores["main"], seed=4, **kw).to_dict()
+    assert c["controls"]["permuted"]["metrics"]["dist"] != a["controls"]["permuted"]["metrics"]["dist"]
+
+
+def test_derived_results_leave_primary_data_untouched(stores):
+    before = _files(stores["main"])
+    res = analyze(stores["main"], metrics="dist,ssim", **FAST)
+    assert _files(stores["main"]) == before  # every primary byte (root metadata included) unchanged
+    name = "consistency/gradcam/features/pred/correct"
+    assert res.derived == f"derived/{name}"
+    group = zarr.open_group(str(stores["main"] / "derived" / name), mode="r")
+    attrs = dict(group.attrs)
+    assert attrs["params"]["metrics"] == ["dist", "ssim"] and attrs["params"]["seed"] == 0
+    assert attrs["result"]["metrics"]["dist"]["pooled"] == res.to_dict()["metrics"]["dist"]["pooled"]
+    arr = group["dist"]
+    assert arr.dtype == np.float32 and arr.chunks == (64,)
+    np.testing.assert_array_equal(arr[:], res.values["dist"].astype(np.float32))
+    assert group["reference_undefined"][:].sum() == 1
+    # the store still reads as before
+    s = open_store(stores["main"])
+    s.require_complete()
+    assert "derived" in s.root
+
+
+def test_streaming_reads_blocks(stores, monkeypatch):
+    seen = []
+    original = Store.maps
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(Store, "maps", spy)
+    analyze(stores["main"], metrics="dist", save=False, permutations=9, n_boot=0, block=32)
+    assert seen and max(seen) <= 32
+    assert sum(seen) == 2 * N  # pass 1 (class sums) + pass 2 (references and metrics), nothing more
+    seen.clear()
+    d = analyze(stores["main"], metrics="dist", save=False, permutations=9, n_boot=0, size=16).to_dict()
+    assert max(seen) <= 64  # default block: the store's chunk
+    assert d["params"]["size"] == [16, 16]
+
+
+def test_cli(stores, tmp_path, capsys):
+    path = str(stores["main"])
+    out = tmp_path / "h1.json"
+    code = main(["consistency", path, "--metrics", "dist,ssim", "--permutations", "199", "--bootstrap", "100",
+                 "--control", "permuted", "--no-save", "--json", str(out)])
+    assert code == 0
+    d = json.loads(out.read_text())
+    assert set(d["metrics"]) == {"dist", "ssim"} and d["controls"]["permuted"] is not None
+    text = capsys.readouterr().out
+    assert "p_perm" in text and "H1 direction supported" in text
+    assert main(["consistency", path, "--by", "bogus"]) == 2
+    assert "invalid --by 'bogus'" in capsys.readouterr().err
+    assert main(["consistency", path, "--metrics", "dist,foo"]) == 2
+    err = capsys.readouterr().err
+    assert "foo" in err and "ssim" in err and "valid" in err
+    assert main(["consistency", str(tmp_path)]) == 2
+    assert "not a camstat store" in capsys.readouterr().err
+    assert main(["consistency", path, "--control", "shuffle"]) == 2
+    assert main(["consistency", path, "--class-of", "true"]) == 2
