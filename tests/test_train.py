@@ -412,3 +412,16 @@ def test_torchrun_ddp_two_processes(tmp_path):
     state = torch.load(out / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2  # every rank's generators, for an exact resume
     models.load_model(None, checkpoint=out / "model.pt")
+
+
+def test_ssim_of_maps_under_7x7_is_taken_at_the_input_size():
+    from camstat import metrics
+    from camstat.train import _ssim_pairs
+
+    rng = np.random.default_rng(0)
+    maps, refs = rng.random((5, 4, 4)), rng.random((5, 4, 4))
+    got = _ssim_pairs(maps, refs, (16, 16))
+    up = lambda a: F.interpolate(torch.tensor(a, dtype=torch.float32)[:, None], size=(16, 16), mode="bilinear",
+                                 align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(got, metrics.ssim(up(maps), up(refs)), atol=1e-12)
+    assert np.allclose(_ssim_pairs(maps.repeat(2, 1).repeat(2, 2), maps.repeat(2, 1).repeat(2, 2), (8, 8)), 1.0)
