@@ -1,0 +1,502 @@
+"""Report figures (PNG, matplotlib with the headless Agg backend).
+
+Called by :func:`camstat.report.report`; each function returns
+``(section, file name, caption)`` triples. Annotations (test results, AUCs)
+are formatted from the result records with :mod:`camstat.report`'s
+formatters, so a figure never shows a number the tables don't.
+
+- class-mean maps: per class, the mean map of its correctly classified
+  images over a representative image (the correct image whose map is
+  closest to that mean), with a colour bar;
+- galleries: the most and the least consistent images by the primary
+  metric, each shown plain and with its map overlaid (alpha 0.45), titled
+  with true label, prediction and the metric's value;
+- distributions: per metric, correct vs misclassified per class (box plots;
+  bars of proportions for 0/1 metrics), the test result on each panel;
+- ROC: consistency predicting correctness, one curve per metric, the AUC and
+  its bootstrap CI (from the results) in the legend;
+- runs: learning curves (accuracy, CAM loss, dist per epoch, arms coloured)
+  and the arm comparison (per-run values, mean and 95 % CI per arm).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from camstat import metrics as metrics_mod  # noqa: E402
+from camstat.errors import CamstatError  # noqa: E402
+from camstat.report import (  # noqa: E402
+    fmt_ci,
+    fmt_fixed,
+    fmt_p,
+    fmt_sig,
+    method_name,
+    oriented_auc,
+    plural,
+)
+
+DPI = 110
+CMAP = "jet"
+ALPHA = 0.45
+MAX_CLASSES = 10  # class panels per figure (the first ones; the caption says so)
+CORRECT_COLOUR = "#1f77b4"
+INCORRECT_COLOUR = "#d62728"
+ARM_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
+
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+                     "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": DPI})
+
+
+def _colourbar(fig, label: str, rect: tuple[float, float, float, float]) -> None:
+    """An opaque colour bar for the map values 0..1 in its own axes (never over a panel)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cax = fig.add_axes(rect)
+    cbar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=CMAP), cax=cax)
+    cbar.set_label(label, fontsize=7)
+    cbar.ax.tick_params(labelsize=6)
+
+
+def _save(fig, path: Path) -> None:
+    """PNG at DPI on white, stored as optimised RGB (no alpha channel: ~10 % smaller committed reports)."""
+    from PIL import Image
+
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05, facecolor="white")
+    plt.close(fig)
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    rgb.save(path, optimize=True)
+
+
+# --------------------------------------------------------------------------
+# data behind the pictures
+# --------------------------------------------------------------------------
+
+
+def load_images(store) -> tuple[Any, str | None]:
+    """The store's dataset, rebuilt from its attributes (None and the reason when that fails)."""
+    from camstat.data import load_dataset
+
+    a = store.attrs
+    try:
+        norm = a.get("normalize")
+        ds = load_dataset(a["data"], a["split"], size=tuple(a["input_size"]),
+                          normalize=(tuple(norm[0]), tuple(norm[1])) if norm else None, limit=a.get("limit"),
+                          seed=int(a.get("seed", 0)))
+    except (CamstatError, OSError) as exc:
+        return None, f"images not available ({exc}); maps shown alone"
+    if not np.array_equal(np.asarray(ds.index), store.samples["index"]):
+        return None, f"the images of {a['data']} no longer match the store; maps shown alone"
+    return ds, None
+
+
+def class_means(store, method: str, layer: str, target: str, classes: np.ndarray, correct: np.ndarray,
+                n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(means (C, H, W) of the correct min-max maps at the input size, counts, representative image per class).
+
+    Two streamed passes; the representative is the correct image whose map
+    is closest (mean squared difference) to its class mean, -1 if none.
+    """
+    sums = counts = None
+    for sl, maps in store.iter_maps(method, layer, target):
+        s, k = metrics_mod.class_sums(maps, classes[sl], correct[sl], n_classes)
+        sums = s if sums is None else sums + s
+        counts = k if counts is None else counts + k
+    means = metrics_mod.class_means(sums, counts)
+    best = np.full(n_classes, np.inf)
+    rep = np.full(n_classes, -1, dtype=np.int64)
+    for sl, maps in store.iter_maps(method, layer, target):
+        c = classes[sl]
+        ok = correct[sl] & (counts[c] > 0)
+        if not ok.any():
+            continue
+        d = np.full(len(c), np.inf)
+        d[ok] = metrics_mod.dist(maps[ok], means[c[ok]])
+        for j in np.unique(c[ok]):
+            members = np.flatnonzero((c == j) & ok)
+            i = members[np.argmin(d[members])]
+            if d[i] < best[j]:
+                best[j], rep[j] = d[i], sl.start + i
+    return means, counts, rep
+
+
+# --------------------------------------------------------------------------
+# H1 figures
+# --------------------------------------------------------------------------
+
+
+def _overlay(ax, image: np.ndarray | None, cam: np.ndarray | None):
+    """Image with the map on top (alpha 0.45); the map alone when there is no image."""
+    handle = None
+    if image is not None:
+        ax.imshow(image, interpolation="nearest")
+    if cam is not None:
+        extent = None if image is None else (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
+        handle = ax.imshow(cam, cmap=CMAP, vmin=0, vmax=1, alpha=ALPHA if image is not None else 1.0,
+                           interpolation="bilinear", extent=extent)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return handle
+
+
+def class_mean_figure(an, out: Path, images, note: str | None) -> tuple[str, str, str] | None:
+    s, d = an.store, an.d
+    samples = s.samples
+    classes = samples[d["class_of"]].astype(np.int64)
+    correct = samples["correct"].astype(bool)
+    names = s.classes
+    means, counts, rep = class_means(s, d["method"], d["layer"], d["target"], classes, correct, len(names))
+    shown = list(range(min(len(names), MAX_CLASSES)))
+    n = len(shown)
+    rows = 2 if images is not None else 1
+    fig, axes = plt.subplots(rows, n, figsize=(1.25 * n + 0.8, 1.45 * rows + 0.3), squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.9, wspace=0.08, hspace=0.3 if rows > 1 else 0.2)
+    handle = None
+    for col, j in enumerate(shown):
+        image = images.raw_image(int(rep[j])) if images is not None and rep[j] >= 0 else None
+        top = axes[0, col]
+        if images is not None:
+            _overlay(top, image, None)
+            top.set_title(f"{names[j]}\n(n correct = {int(counts[j])})")
+        bottom = axes[-1, col]
+        if counts[j] == 0:
+            bottom.axis("off")
+            bottom.text(0.5, 0.5, "no correct\nimages", ha="center", va="center", transform=bottom.transAxes)
+            if images is not None:
+                top.axis("off")
+            continue
+        h = _overlay(bottom, image, means[j])
+        handle = handle or h
+        if images is None:
+            bottom.set_title(f"{names[j]}\n(n correct = {int(counts[j])})")
+    if images is not None:
+        axes[0, 0].set_ylabel("example", fontsize=7)
+        axes[1, 0].set_ylabel("class mean\nover example", fontsize=7)
+    if handle is not None:
+        box = axes[-1, -1].get_position()
+        _colourbar(fig, "mean min-max CAM", (0.915, box.y0, 0.012, box.height))
+    fname = f"fig-{an.slug}-class-means.png"
+    _save(fig, out / fname)
+    more = f" (first {n} of {len(names)} classes)" if n < len(names) else ""
+    cap = (f"{method_name(d['method'])} class-mean maps{more}: the mean min-max map of each class's correctly "
+           f"classified images (class = {'prediction' if d['class_of'] == 'pred' else 'true label'}), "
+           + ("over the class's representative image (the correct image whose map is closest to the mean; top row "
+              "plain, bottom row with the mean overlaid at alpha 0.45)." if images is not None else
+              f"shown alone ({note}).") + " Colour bar: map value, 0 to 1.")
+    return an.slug, fname, cap
+
+
+def gallery_figure(an, out: Path, images, primary: str, k: int) -> tuple[str, str, str] | None:
+    s, d, res = an.store, an.d, an.result
+    v = np.asarray(res.values[primary], dtype=np.float64)
+    higher = d["metrics"][primary].get("higher_is_more_consistent")
+    ok = np.flatnonzero(np.isfinite(v))
+    if ok.size == 0:
+        return None
+    score = v[ok] if higher in (None, True) else -v[ok]
+    order = ok[np.argsort(-score, kind="stable")]
+    k = min(k, max(1, order.size // 2))
+    sets = [("most consistent", order[:k]), ("least consistent", order[::-1][:k])]
+    samples = s.samples
+    names = s.classes
+    rows_per = 2 if images is not None else 1
+    heights = ([1, 1, 0.28, 1, 1] if rows_per == 2 else [1, 0.28, 1])
+    side = 0.9 if max(s.input_size) <= 64 else 1.25  # inches per panel: small images need no more
+    fig = plt.figure(figsize=(side * k + 1.0, (side + 0.35) * 2 * rows_per + 0.6))
+    grid = fig.add_gridspec(len(heights), k, height_ratios=heights, left=0.06, right=0.91, top=0.9, bottom=0.02,
+                            wspace=0.08, hspace=0.45)
+    panel_rows = [r for r, h in enumerate(heights) if h == 1]
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(k)] for r in panel_rows])
+    handle = None
+    for block, (label, idx) in enumerate(sets):
+        chosen = np.asarray(idx, dtype=np.int64)
+        sort = np.argsort(chosen)
+        maps = np.empty((len(chosen), *s.input_size), np.float32)
+        maps[sort] = s.maps(d["method"], d["layer"], d["target"], indices=chosen[sort])
+        for col, i in enumerate(chosen):
+            ok_i = bool(samples["correct"][i])
+            title = (f"true {names[samples['label'][i]]}\npred {names[samples['pred'][i]]}\n"
+                     f"{primary} {fmt_sig(float(v[i]))}")
+            colour = CORRECT_COLOUR if ok_i else INCORRECT_COLOUR
+            r0 = block * rows_per
+            image = images.raw_image(int(i)) if images is not None else None
+            if images is not None:
+                _overlay(axes[r0, col], image, None)
+                axes[r0, col].set_title(title, color=colour, fontsize=7)
+                h = _overlay(axes[r0 + 1, col], image, maps[col])
+            else:
+                h = _overlay(axes[r0, col], None, maps[col])
+                axes[r0, col].set_title(title, color=colour, fontsize=7)
+            handle = handle or h
+            for r in range(rows_per):
+                for spine in axes[r0 + r, col].spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(1.5)
+        axes[block * rows_per, 0].set_ylabel(label, fontsize=8, fontweight="bold")
+        if images is not None:
+            axes[block * rows_per + 1, 0].set_ylabel("with map", fontsize=7)
+    if handle is not None:
+        top, bottom = axes[0, -1].get_position(), axes[-1, -1].get_position()
+        _colourbar(fig, "min-max CAM", (0.925, bottom.y0, 0.012, top.y1 - bottom.y0))
+    fname = f"fig-{an.slug}-gallery-{primary}.png"
+    _save(fig, out / fname)
+    better = "lowest" if higher is False else "highest"
+    cap = (f"Most and least consistent images by {primary} ({better} = most consistent), "
+           f"{method_name(d['method'])} maps of the {'predicted' if d['target'] == 'pred' else d['target']} class. "
+           f"Titles: true label, prediction, {primary}; blue = correct, red = misclassified. "
+           + ("Each image is shown plain and with its map overlaid (alpha 0.45, colour bar: map value)."
+              if images is not None else "Maps shown alone (images not available)."))
+    return an.slug, fname, cap
+
+
+def _is_binary(x: np.ndarray) -> bool:
+    return x.size > 0 and bool(np.all((x == 0) | (x == 1)))
+
+
+def distribution_figure(an, out: Path, name: str) -> tuple[str, str, str] | None:
+    d, res = an.d, an.result
+    m = d["metrics"][name]
+    v = np.asarray(res.values[name], dtype=np.float64)
+    correct = an.store.samples["correct"].astype(bool)
+    groups = np.asarray(res.groups)
+    g = "cluster" if d["by"] == "cluster" else "class"
+    names = ([f"cluster {j}" for j in range(int(d["clusters"]["k"]))] if d["by"] == "cluster"
+             else an.store.classes)
+    rows = {r["class"]: r for r in m.get("per_class", [])}
+    skipped = {c: why for c, why in m.get("skipped", [])}
+    shown = list(range(min(len(names), MAX_CLASSES)))
+    tested = d["by"] != "class"
+    labels = [names[j] for j in shown] + ["all"]
+    binary = _is_binary(v[np.isfinite(v)])
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.85 * len(labels) + 1.2), 3.0))
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    for pos, j in enumerate([*shown, None]):
+        member = np.ones_like(correct) if j is None else groups == j
+        fin = np.isfinite(v)
+        parts = [v[member & correct & fin], v[member & ~correct & fin]]
+        for side, (vals, colour) in enumerate(zip(parts, (CORRECT_COLOUR, INCORRECT_COLOUR))):
+            x = pos + (-0.2 if side == 0 else 0.2)
+            if vals.size == 0:
+                continue
+            if binary:
+                ax.bar(x, vals.mean(), width=0.36, color=colour, alpha=0.75)
+            else:
+                bp = ax.boxplot(vals, positions=[x], widths=0.34, patch_artist=True, showfliers=True,
+                                flierprops={"markersize": 2, "markeredgecolor": colour, "alpha": 0.5},
+                                medianprops={"color": "black"})
+                for patch in bp["boxes"]:
+                    patch.set_facecolor(colour)
+                    patch.set_alpha(0.55)
+        if not tested:
+            continue
+        if j is None:
+            p = m["pooled"]
+            text = f"δ {fmt_fixed(p.get('statistic'), 2, sign=True)}\np perm {fmt_p(p.get('p_permutation'))}"
+        elif names[j] in rows:
+            r = rows[names[j]]
+            text = f"δ {fmt_fixed(r['cliffs_delta'], 2, sign=True)}\np adj {fmt_p(r['p_adjusted'])}"
+        else:
+            text = "not tested" + ("\n(" + skipped[names[j]].split(";")[0][:18] + ")" if names[j] in skipped else "")
+        ax.text(pos, 1.02, text, transform=trans, ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if len(labels) > 7 else 0, ha="right" if len(labels) > 7 else "center")
+    ax.axvline(len(shown) - 0.5, color="grey", lw=0.6, ls=":")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_ylabel(f"{name}" + (" (proportion)" if binary else ""))
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=CORRECT_COLOUR, alpha=0.6, label="correct"),
+                       Patch(color=INCORRECT_COLOUR, alpha=0.6, label="misclassified")],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    higher = m.get("higher_is_more_consistent")
+    ax.set_title(f"{name} ({'higher' if higher else 'lower'} = more consistent), {method_name(d['method'])}"
+                 if higher is not None else name, pad=24 if tested else 6)
+    ax.grid(axis="y", lw=0.3, alpha=0.5)
+    fname = f"fig-{an.slug}-dist-{name}.png"
+    _save(fig, out / fname)
+    more = f" (first {len(shown)} of {len(names)} {plural(g)})" if len(shown) < len(names) else ""
+    cap = (f"{name} ({metrics_mod.PER_IMAGE[name].description if name in metrics_mod.PER_IMAGE else name}) of "
+           f"correct and misclassified images per {g}{more} and pooled ('all'); "
+           + ("bars: proportion. " if binary else "boxes: quartiles, whiskers 1.5 IQR. ")
+           + (f"Above each {g}: Cliff's delta and {d['params']['correction']}-adjusted Mann-Whitney p; above 'all': "
+              f"pooled within-{g} delta and stratified permutation p." if tested else ""))
+    return an.slug, fname, cap
+
+
+def roc_figure(an, out: Path) -> tuple[str, str, str] | None:
+    from sklearn.metrics import roc_curve
+
+    d, res = an.d, an.result
+    correct = an.store.samples["correct"].astype(bool)
+    if correct.all() or not correct.any():
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    tab = plt.get_cmap("tab10").colors
+    palette = [c for i, c in enumerate(tab) if i != 7] + list(plt.get_cmap("Dark2").colors)  # no grey: chance is grey
+    for c, (name, m) in enumerate(d["metrics"].items()):
+        higher = m.get("higher_is_more_consistent")
+        if higher is None:
+            continue
+        v = np.asarray(res.values[name], dtype=np.float64)
+        ok = np.isfinite(v)
+        if len(np.unique(correct[ok])) < 2:
+            continue
+        score = v[ok] if higher else -v[ok]
+        fpr, tpr, _ = roc_curve(correct[ok], score)
+        auc, ci = oriented_auc(m["pooled"].get("auc"), m["pooled"].get("auc_ci95"), higher)
+        ax.plot(fpr, tpr, lw=1.2, color=palette[c % len(palette)],
+                label=f"{name}: AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="chance")
+    ax.set_xlabel("false positive rate (misclassified scored as correct)")
+    ax.set_ylabel("true positive rate (correct)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="metric: AUC [95% CI]",
+              title_fontsize=7)
+    ax.set_title(f"Consistency predicting correctness, {method_name(d['method'])}")
+    fname = f"fig-{an.slug}-roc.png"
+    _save(fig, out / fname)
+    cap = (f"ROC of each metric's consistency (oriented so that more consistent scores higher) as a predictor of "
+           f"a correct prediction, {method_name(d['method'])}, n = {d['n']}; AUC and bootstrap 95% CI as in the "
+           f"pooled table.")
+    return an.slug, fname, cap
+
+
+def analysis_figures(an, out: Path, *, primary: str | None = None, gallery: int = 8,
+                     seed: int = 0) -> list[tuple[str, str, str]]:
+    """Every figure of one H1 analysis."""
+    from camstat.report import _primary
+
+    d = an.d
+    images, note = load_images(an.store)
+    figs = [class_mean_figure(an, out, images, note)]
+    if d["metrics"]:
+        figs.append(gallery_figure(an, out, images, _primary(d, primary), gallery))
+        for name in d["metrics"]:
+            figs.append(distribution_figure(an, out, name))
+        if d["by"] != "class":
+            figs.append(roc_figure(an, out))
+    return [f for f in figs if f is not None]
+
+
+# --------------------------------------------------------------------------
+# H2 figures
+# --------------------------------------------------------------------------
+
+
+def _arm_of(runs: list[dict], compare: dict | None) -> tuple[list[str], list[str]]:
+    """Arm name per run, and the arm names in order."""
+    if compare:
+        arms = list(compare["arms"])
+        lookup = {str(Path(p)): a for a in arms for p in compare["arms"][a]["runs"]}
+        return [lookup.get(str(Path(r["path"])), "other") for r in runs], arms
+    labels = [f"λ={r.get('lambda') or 0:g}" + (f" {r.get('loss')}" if r.get("lambda") else "") for r in runs]
+    return labels, list(dict.fromkeys(labels))
+
+
+def learning_curves(runs: list[dict], compare: dict | None, out: Path) -> tuple[str, str, str] | None:
+    if not any(r["records"] for r in runs):
+        return None
+    arm_of, arms = _arm_of(runs, compare)
+    colour = {a: ARM_COLOURS[i % len(ARM_COLOURS)] for i, a in enumerate(arms)}
+    own = all(r.get("reference") in (None, "self") for r in runs)
+    dist_key = "dist" if own else "dist_self"
+    panels = [("accuracy", "held-out accuracy"), ("loss_cam", "L_cam (training)"),
+              (dist_key, "held-out dist to own class means" if dist_key == "dist_self" else "held-out dist")]
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.6))
+    styles = ["-", "--", ":", "-."]
+    for r, arm in zip(runs, arm_of):
+        recs = r["records"]
+        ep = [x["epoch"] for x in recs]
+        same = [q for q, a in zip(runs, arm_of) if a == arm]
+        ls = styles[same.index(r) % len(styles)]
+        for ax, (key, _) in zip(axes, panels):
+            ys = [x.get(key) for x in recs]
+            ys = [np.nan if y is None else y for y in ys]
+            if np.all(np.isnan(ys)):
+                continue
+            ax.plot(ep, ys, ls=ls, marker="o", ms=2.5, lw=1.2, color=colour.get(arm, "grey"),
+                    label=f"{arm} (seed {r.get('seed')})")
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(lw=0.3, alpha=0.5)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not recorded\n(λ = 0 runs have no CAM loss)" if key == "loss_cam" else "not recorded",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=7)
+        elif key == "loss_cam" and any(not r.get("lambda") for r in runs):
+            ax.text(0.98, 0.95, "λ = 0 runs: no CAM loss", ha="right", va="top", transform=ax.transAxes,
+                    fontsize=6.5, color="grey")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    fname = "fig-h2-learning-curves.png"
+    _save(fig, out / fname)
+    cap = ("Learning curves per run (colour = arm, line style = seed): held-out accuracy, the CAM loss term "
+           "(absent at λ = 0) and the held-out maps' mean distance to "
+           + ("the run's own class means (leave-one-out), the yardstick compare uses." if dist_key == "dist_self"
+              else "the run's class means."))
+    return "runs", fname, cap
+
+
+def arm_figure(compare: dict, out: Path) -> tuple[str, str, str] | None:
+    arms = list(compare["arms"])
+    fig, axes = plt.subplots(1, 3, figsize=(8.0, 2.6))
+    for ax, (m, label) in zip(axes, (("accuracy", "held-out accuracy"), ("dist", "dist (lower = more consistent)"),
+                                     ("ssim", "ssim (higher = more consistent)"))):
+        for x, arm in enumerate(arms):
+            s = compare["arms"][arm][m]
+            vals = [v for v in s.get("values", []) if v is not None]
+            colour = ARM_COLOURS[x % len(ARM_COLOURS)]
+            jitter = np.linspace(-0.08, 0.08, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
+            ax.scatter(x + jitter, vals, s=14, color=colour, alpha=0.7, zorder=3)
+            mean, ci = s.get("mean"), s.get("ci95")
+            if mean is not None:
+                shown = fmt_fixed(mean, 3) if m == "accuracy" else fmt_sig(mean)
+                ax.annotate(shown, (x, mean), xytext=(8 if len(vals) < 2 else 22, 0), textcoords="offset points",
+                            va="center", fontsize=7)
+            if mean is not None and len(vals) > 1:
+                if ci and ci[0] is not None:
+                    ax.errorbar(x + 0.22, mean, yerr=[[mean - ci[0]], [ci[1] - mean]], fmt="D", ms=4,
+                                color="black", capsize=3, lw=1)
+                else:
+                    ax.plot(x + 0.22, mean, "D", ms=4, color="black")
+        p = compare["paired"].get(m) or {}
+        pairs = compare["mcnemar"]["per_pair"]
+        if p.get("p_ttest") is not None:
+            note = f"paired t-test p {fmt_p(p['p_ttest'])} ({p['n']} seeds)"
+        elif m == "accuracy" and len(pairs) == 1:
+            note = f"McNemar p {fmt_p(pairs[0]['p_value'])} (one seed pair)"
+        else:
+            note = f"{p.get('n', 0)} seed pair(s): no paired test"
+        ax.set_title(f"{label}\n{note}")
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels(arms)
+        ax.set_xlim(-0.5, len(arms) - 0.5)
+        ax.grid(axis="y", lw=0.3, alpha=0.5)
+        ax.margins(y=0.25)
+    fig.tight_layout()
+    fname = "fig-h2-arms.png"
+    _save(fig, out / fname)
+    cap = ("Arm comparison: dots are runs (seeds); with 2 or more runs per arm, black diamonds mark the arm mean "
+           "with its t-based 95% CI. Above each panel the paired test over seeds (with a single seed pair: the exact "
+           "McNemar test on per-image correctness), as in the H2 tables.")
+    return "runs", fname, cap
+
+
+def run_figures(runs: list[dict], compare: dict | None, out: Path) -> list[tuple[str, str, str]]:
+    figs = [learning_curves(runs, compare, out)]
+    if compare:
+        figs.append(arm_figure(compare, out))
+    return [f for f in figs if f is not None]

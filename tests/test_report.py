@@ -1,0 +1,453 @@
+"""camstat report: every table number equals its results.json record, results.json equals --json, figures are PNGs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from camstat.cli import main
+from camstat.consistency import analyze
+from camstat.compare import compare_runs
+from camstat.errors import CamstatError
+from camstat.extract import extract
+from camstat.report import report
+from camstat.train import TrainConfig, train
+
+N = 240
+K = 6
+FAST = dict(permutations=499, n_boot=200)
+TINY = dict(model="camstat:smallcnn", data="builtin:digits", limit=192, eval_limit=60, batch_size=32, device="cpu",
+            epochs=2)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _prototype(c: int, h: int = 8, w: int = 8) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    cy, cx = 1.5 + (c % 3) * 2.5, 2.0 + (c // 3) * 4.0
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 3.0).astype(np.float32)
+
+
+def _plant(path: Path, seed: int) -> None:
+    """Predictions and maps with an H1 effect: correct maps are their class prototype, incorrect ones mostly noise.
+
+    Class 4 is always right (skipped: no incorrect images), so the skip note is exercised too.
+    """
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="r+")
+    n = root["samples/index"].shape[0]
+    pred = np.arange(n) % K
+    correct = rng.random(n) < 0.65
+    correct[pred == 4] = True
+    label = np.where(correct, pred, (pred + 1 + rng.integers(0, K - 1, n)) % K)
+    samples = root["samples"]
+    samples["pred"][:] = pred
+    samples["label"][:] = label
+    samples["correct"][:] = correct
+    samples["confidence"][:] = rng.uniform(0.3, 1.0, n).astype(np.float32)
+    for method in ("gradcam", "gradcam++"):
+        maps = np.empty((n, 8, 8), np.float32)
+        for i in range(n):
+            proto = _prototype(int(pred[i]))
+            noise = rng.random((8, 8)).astype(np.float32)
+            maps[i] = proto + 0.15 * noise if correct[i] else 0.35 * proto + 0.9 * noise
+        root[f"maps/{method}/features/pred"][:] = maps
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("report")
+    kw = dict(methods="gradcam,gradcam++", device="cpu", chunk=64, batch_size=64)
+    extract("camstat:smallcnn", f"builtin:shapes?n={N}", tmp / "main.zarr", split="test", **kw)
+    shutil.copytree(tmp / "main.zarr", tmp / "random.zarr")  # the same untrained model's maps: the random control
+    _plant(tmp / "main.zarr", seed=1)
+    runs = {}
+    for seed in (0, 1):
+        runs[f"base-s{seed}"] = tmp / f"base-s{seed}"
+        train(TrainConfig(out=str(runs[f"base-s{seed}"]), lam=0.0, seed=seed, **TINY))
+        runs[f"reg-s{seed}"] = tmp / f"reg-s{seed}"
+        train(TrainConfig(out=str(runs[f"reg-s{seed}"]), lam=0.5, loss="variance", seed=seed, **TINY))
+    out = tmp / "out"
+    result = report([tmp / "main.zarr", runs["reg-s0"], runs["reg-s1"]], out, vs=[runs["base-s0"], runs["base-s1"]],
+                    random_store=tmp / "random.zarr", seed=0, **FAST)
+    return {"tmp": tmp, "runs": runs, "out": out, "result": result,
+            "results": json.loads((out / "results.json").read_text())}
+
+
+# --------------------------------------------------------------------------
+# parsing the rendered tables back
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def md_tables(text: str) -> list[dict]:
+    """Tables of report.md: source path (from the comment), header and rows of cell strings."""
+    tables = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"<!-- table (\S+): (\S+) -->", line)
+        if not m:
+            continue
+        j = i + 1
+        while not lines[j].startswith("|"):
+            j += 1
+        header = _cells(lines[j])
+        rows = []
+        j += 2
+        while j < len(lines) and lines[j].startswith("|"):
+            rows.append(_cells(lines[j]))
+            j += 1
+        tables.append({"key": m.group(1), "source": m.group(2), "header": header, "rows": rows})
+    return tables
+
+
+_UNTEX = [(r"$<$", "<"), (r"$|$", "|"), (r"$>$", ">"), (r"$\pm$", "±"), (r"$\delta$", "δ"), (r"$\lambda$", "λ"),
+          (r"\_", "_"),
+          (r"\%", "%"), (r"\&", "&"), (r"\#", "#"), (r"\{", "{"), (r"\}", "}")]
+
+
+def _untex(cell: str) -> str:
+    for a, b in _UNTEX:
+        cell = cell.replace(a, b)
+    return cell.strip()
+
+
+def tex_tables(text: str) -> list[dict]:
+    tables = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"% table (\S+); numbers from results.json: (\S+)", line)
+        if not m:
+            continue
+        j = lines.index(r"\toprule", i)
+        header = [_untex(c) for c in lines[j + 1].removesuffix(r" \\").split(" & ")]
+        assert lines[j + 2] == r"\midrule"
+        rows = []
+        j += 3
+        while lines[j] != r"\bottomrule":
+            assert lines[j].endswith(r" \\"), lines[j]
+            rows.append([_untex(c) for c in lines[j].removesuffix(r" \\").split(" & ")])
+            j += 1
+        tables.append({"key": m.group(1), "source": m.group(2), "header": header, "rows": rows})
+    return tables
+
+
+_NUMBER = re.compile(r"(<\s*)?([+-]?\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
+
+
+def numbers(cell: str) -> list[tuple[str, float, float]]:
+    """Each number of a cell as (kind, value, half the last printed digit): kind 'lt' for '< x'."""
+    out = []
+    for m in _NUMBER.finditer(cell):
+        text = m.group(2)
+        mant, _, exp = text.partition("e")
+        decimals = len(mant.split(".")[1]) if "." in mant else 0
+        half = 0.5 * 10.0 ** (-decimals + (int(exp) if exp else 0))
+        out.append(("lt" if m.group(1) else "num", float(text), half))
+    return out
+
+
+def agrees(cell: str, values: list) -> None:
+    """The cell shows exactly ``values`` (in order), each rounded as printed; '-' (or nothing) for None."""
+    shown = [v for v in values if v is not None]
+    found = numbers(cell)
+    if not shown:
+        assert cell in ("-", ""), (cell, values)
+        return
+    assert len(found) == len(shown), (cell, values)
+    for (kind, x, half), v in zip(found, shown):
+        if kind == "lt":
+            assert v < x, (cell, v)
+        else:
+            assert abs(x - v) <= half * (1 + 1e-9) + 1e-12, (cell, values)
+
+
+def resolve(results: dict, source: str):
+    node = results
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]|\[\*\]", source):
+        if part == "[*]":
+            return node
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    return node
+
+
+def oriented(auc, ci, higher):
+    if higher is False:
+        return (None if auc is None else 1 - auc), [None if ci[1] is None else 1 - ci[1],
+                                                    None if ci[0] is None else 1 - ci[0]]
+    return auc, list(ci)
+
+
+def sig_classes(m: dict) -> str:
+    higher = m["higher_is_more_consistent"]
+    k = sum(1 for r in m["per_class"] if r["p_adjusted"] is not None and r["p_adjusted"] < 0.05
+            and r["cliffs_delta"] is not None and r["cliffs_delta"] != 0 and (r["cliffs_delta"] > 0) == higher)
+    return f"{k}/{len(m['per_class'])}"
+
+
+def check_table(t: dict, results: dict) -> int:
+    """Check every cell of a table against its records; returns the number of cells checked."""
+    src, head = t["source"], t["header"]
+    records = resolve(results, src)
+    checked = 0
+
+    def by_col(row):
+        return dict(zip(head, row))
+
+    for row in t["rows"]:
+        c = by_col(row)
+        first = row[0]
+        if src.endswith(".per_class") and src.startswith("consistency") and "median" in records[0]:  # --by class
+            r = next(r for r in records if r["class"] == first)
+            expect = {"n": [r["n"]], "n corr": [r["n_correct"]], "n inc": [r["n_incorrect"]], "median": [r["median"]],
+                      "median corr": [r["median_correct"]], "median inc": [r["median_incorrect"]]}
+        elif src.endswith(".groups"):
+            g = next(g for g in records if g[head[0]] == first)[row[1]]
+            expect = {"n": [g["n"]], "sampled": [g["n_sampled"]], "pairwise SSIM": [g["mean_pairwise_ssim"]],
+                      "pairwise IoU": [g["mean_pairwise_iou"]], "CoM dispersion": [g["com_dispersion"]],
+                      "dist to mean": [g["mean_dist_to_mean"]]}
+            checked += 1
+        elif src.endswith(".per_class") and src.startswith("consistency"):
+            r = next(r for r in records if r["class"] == first)
+            expect = {"n corr": [r["n_correct"]], "n inc": [r["n_incorrect"]], "median corr": [r["median_correct"]],
+                      "median inc": [r["median_incorrect"]], "δ [95% CI]": [r["cliffs_delta"], *r["ci95"]],
+                      "p": [r["p_value"]], "p adj": [r["p_adjusted"]]}
+        elif src.endswith("controls.permuted.metrics"):
+            m = records[first]
+            p = m["pooled"]
+            auc, ci = oriented(p["auc"], p["auc_ci95"], m["higher_is_more_consistent"])
+            expect = {"δ": [p["statistic"]], "p perm": [p["p_permutation"]], "AUC [95% CI]": [auc, *ci]}
+            assert c[next(h for h in head if h.startswith("sig. "))] == sig_classes(m)
+            assert c["p perm < 0.05"] == ("yes" if m["verdict"]["significant"] else "no")
+            checked += 2
+        elif src.endswith("controls.random_weights.metrics"):
+            m = records[first]
+            h = m["higher_is_more_consistent"]
+            at, cit = oriented(m["auc_trained"], m["auc_trained_ci95"], h)
+            ar, cir = oriented(m["auc_random"], m["auc_random_ci95"], h)
+            pt = m["paired_trained_minus_random"]
+            expect = {"median trained": [m["median_trained"]], "median random": [m["median_random"]],
+                      "AUC trained": [at, *cit], "AUC random": [ar, *cir],
+                      "mean diff [95% CI]": [pt["mean_diff"], *pt["ci95"]], "p": [pt["p_wilcoxon"]]}
+        elif src.startswith("consistency") and src.endswith(".metrics"):
+            m = records[first]
+            p = m["pooled"]
+            auc, ci = oriented(p["auc"], p["auc_ci95"], m["higher_is_more_consistent"])
+            expect = {"n": [p["n"]], "δ": [p["statistic"]], "p perm": [p["p_permutation"]],
+                      "OR/SD [95% CI]": [p["odds_ratio_per_sd"], *p["odds_ratio_ci95"]], "p LRT": [p["p_lrt"]],
+                      "p LRT | conf": [p["p_lrt_given_confidence"]], "AUC [95% CI]": [auc, *ci]}
+            assert c["more consistent"] == ("higher" if m["higher_is_more_consistent"] else "lower")
+            assert c[next(h for h in head if h.startswith("sig. "))] == sig_classes(m)
+            checked += 2
+        elif src == "runs[*].final":
+            r = next(r for r in records if r["name"] == first)
+            f = r["final"]
+            expect = {"λ": [r["lambda"]], "seed": [r["seed"]], "epochs": [f["epoch"]], "accuracy": [f["accuracy"]],
+                      "dist": [f["dist_self"]], "ssim": [f["ssim_self"]], "L_cam": [f["loss_cam"]]}
+            assert c["loss"] == (r["loss"] if r["lambda"] else "-")
+            checked += 1
+        elif src == "compare.arms":
+            a = records[first]
+            expect = {"runs": [len(a["runs"])]}
+            for m in ("accuracy", "dist", "ssim"):
+                expect[m] = [a[m]["mean"], a[m]["sd"], *a[m]["ci95"]]
+        elif src == "compare.paired":
+            p = records[first]
+            expect = {"pairs": [p["n"]], "mean diff [95% CI]": [p["mean_diff"], *p["ci95"]], "p (t)": [p["p_ttest"]],
+                      "p (Wilcoxon)": [p["p_wilcoxon"]]}
+        elif src == "compare.mcnemar.per_pair":
+            if first.startswith("pooled"):
+                r = results["compare"]["mcnemar"]["pooled"]
+                agrees(first, [r["pairs"]])
+            else:
+                r = next(r for r in records if str(r["seed"]) == first)
+            b_col, c_col = head[1], head[2]
+            expect = {b_col: [r["b"]], c_col: [r["c"]], "p": [r["p_value"]]}
+        else:
+            raise AssertionError(f"no check for table source {src}")
+        unchecked = {h for h in head[1:] if not h.startswith("sig. ")} - set(expect) - {
+            "more consistent", "p perm < 0.05", "loss", "subset"}
+        assert not unchecked, (src, unchecked)
+        for col, values in expect.items():
+            agrees(c[col], values)
+            checked += 1
+    return checked
+
+
+# --------------------------------------------------------------------------
+# tests
+
+
+def test_results_json_is_what_json_gives(made):
+    results = made["results"]
+    assert [d["method"] for d in results["consistency"]] == ["gradcam", "gradcam++"]
+    # the same call consistency --json makes: identical records (provenance and save location aside)
+    direct = analyze(made["tmp"] / "main.zarr", method="gradcam", control="permuted",
+                     random_store=made["tmp"] / "random.zarr", seed=0, save=False, **FAST)
+    drop = lambda d: {k: v for k, v in d.items() if k not in ("provenance", "derived")}
+    assert drop(direct.to_dict()) == drop(results["consistency"][0])
+    runs = made["runs"]
+    cmp = compare_runs([runs["reg-s0"], runs["reg-s1"]], [runs["base-s0"], runs["base-s1"]]).to_dict()
+    assert json.loads(json.dumps(cmp)) == results["compare"]
+    # the ROC curves (sklearn) and the AUCs in their legends (the records) agree
+    from sklearn.metrics import roc_auc_score
+
+    correct = direct.to_dict()["n_correct"]
+    y = np.asarray(zarr.open_group(str(made["tmp"] / "main.zarr"))["samples/correct"][:], bool)
+    assert y.sum() == correct
+    for name, v in direct.values.items():
+        ok = np.isfinite(v)
+        assert roc_auc_score(y[ok], v[ok]) == pytest.approx(results["consistency"][0]["metrics"][name]["pooled"]["auc"],
+                                                            abs=1e-9)
+    prov = results["provenance"]
+    assert len(prov["stores"][0]["content_sha256"]) == 64
+    assert prov["random_store"]["path"].endswith("random.zarr")
+    assert all(len(r["checkpoint_sha256"]) == 64 for r in prov["runs"])
+    assert prov["versions"]["camstat"]
+
+
+def test_every_table_number_equals_its_record(made):
+    results = made["results"]
+    out = made["out"]
+    md = md_tables((out / "report.md").read_text())
+    tex = tex_tables((out / "report.tex").read_text())
+    assert len(md) == len(tex) > 0
+    kinds = {t["source"].split("consistency[0]")[-1] for t in md}
+    assert {".metrics", ".metrics.dist.per_class", ".controls.permuted.metrics", ".controls.random_weights.metrics",
+            "runs[*].final", "compare.arms", "compare.paired", "compare.mcnemar.per_pair"} <= kinds
+    total = 0
+    for t_md, t_tex in zip(md, tex):
+        assert t_md["key"] == t_tex["key"] and t_md["source"] == t_tex["source"]
+        assert t_md["header"] == t_tex["header"] and t_md["rows"] == t_tex["rows"], t_md["key"]
+        total += check_table(t_md, results)
+    assert total > 300
+    # one per-class table per metric and method; the always-right class is named as skipped
+    per_class = [t for t in md if t["source"].endswith(".per_class")]
+    assert len(per_class) == sum(len(d["metrics"]) for d in results["consistency"])
+    text = (out / "report.md").read_text()
+    assert "Not tested: " + results["consistency"][0]["metrics"]["dist"]["skipped"][0][0] in text
+
+
+def test_verdicts_and_summary_come_from_the_records(made):
+    results = made["results"]
+    text = (made["out"] / "report.md").read_text()
+    d = results["consistency"][0]
+    p = d["metrics"]["dist"]["pooled"]
+    auc, ci = oriented(p["auc"], p["auc_ci95"], False)
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **dist** — ") and "H1 supported" in ln)
+    assert "correct images' maps are closer to the class mean map" in line
+    assert f"pooled Cliff's delta {p['statistic']:+.2f}" in line
+    assert f"AUC {auc:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" in line
+    assert made["result"].summary[0] in text
+    # provenance is the last section
+    assert text.rstrip().split("\n## ")[-1].startswith("Provenance")
+    assert results["provenance"]["stores"][0]["content_sha256"] in text
+
+
+def test_figures_are_valid_pngs(made):
+    import matplotlib.image as mpimg
+    from PIL import Image
+
+    out = made["out"]
+    figs = sorted(out.glob("fig-*.png"))
+    assert sorted(Path(f) for f in made["result"].figures) == figs
+    names = {f.name for f in figs}
+    for method in ("gradcam", "gradcampp"):
+        for kind in ("class-means", "gallery-dist", "dist-dist", "dist-ssim", "roc"):
+            assert any(n.endswith(f"{method}-{kind}.png") for n in names), (method, kind)
+    assert {"fig-h2-learning-curves.png", "fig-h2-arms.png"} <= names
+    text = (out / "report.md").read_text()
+    for f in figs:
+        assert f.read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(f) as im:
+            im.verify()
+        img = mpimg.imread(f)
+        assert img.ndim == 3 and min(img.shape[:2]) > 100
+        assert f"]({f.name})" in text
+        assert f.stat().st_size < 400_000
+
+
+def test_cli_report_of_runs_only_and_errors(made, tmp_path, capsys):
+    runs = made["runs"]
+    # two configurations without --vs: arms split by lambda, regularised first
+    code = main(["report", str(runs["reg-s0"]), str(runs["base-s0"]), "--out", str(tmp_path / "r"),
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert list(res["compare"]["arms"]) == ["lambda=0.5 variance", "lambda=0"]
+    assert res["consistency"] == []
+    info = json.loads((tmp_path / "r.json").read_text())
+    assert info["report"].endswith("report.md") and len(info["figures"]) == 2
+    assert "report:" in capsys.readouterr().out
+    # bad input: one error line, exit code 2
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["report", str(runs["reg-s0"]), "--vs", "--out", str(tmp_path / "x")]) == 2
+    assert main(["report", str(runs["reg-s0"]), "--bogus", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "Traceback" not in err
+    with pytest.raises(CamstatError, match="matches none"):
+        report([made["tmp"] / "main.zarr"], tmp_path / "y", random_store=made["tmp"] / "main.zarr", method="gradcam",
+               **FAST)
+
+
+def test_by_class_and_cluster_reports(made, tmp_path):
+    for by in ("class", "cluster"):
+        out = tmp_path / by
+        res = report([made["tmp"] / "main.zarr"], out, method="gradcam", by=by, metrics="dist,ssim", clusters=3,
+                     control=False, **FAST)
+        results = json.loads((out / "results.json").read_text())
+        assert results["consistency"][0]["by"] == by
+        md = md_tables((out / "report.md").read_text())
+        assert md and [t["rows"] for t in md] == [t["rows"] for t in tex_tables((out / "report.tex").read_text())]
+        assert sum(check_table(t, results) for t in md) > 20
+        if by == "class":
+            assert any(t["source"].endswith(".groups") for t in md)
+        for f in res.figures:
+            assert Path(f).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_formatting():
+    from camstat.report import fmt_ci, fmt_fixed, fmt_p, fmt_sig
+
+    assert fmt_p(9.999e-5) == "< 0.0001" and fmt_p(0.00012) == "0.00012" and fmt_p(0.0496) == "0.050"
+    assert fmt_p(None) == "-" and fmt_p(float("nan")) == "-" and fmt_p(1.0) == "1.0"
+    assert fmt_sig(0.050698) == "0.0507" and fmt_sig(0.435) == "0.435" and fmt_sig(12.34) == "12.3"
+    assert fmt_sig(0) == "0" and fmt_sig(3.2e-7) == "3.20e-07"
+    assert fmt_fixed(-0.004, 2, sign=True) == "0.00" and fmt_fixed(-0.004, 3) == "-0.004"
+    assert fmt_fixed(0.5, 2, sign=True) == "+0.50"
+    assert fmt_ci([0.1234, 0.5]) == "[0.12, 0.50]" and fmt_ci([None, 1]) == ""
+    for x in (0.0123456, 0.987654, 1234.5, 3.2e-7):
+        assert abs(numbers(fmt_sig(x))[0][1] - x) <= numbers(fmt_sig(x))[0][2]
+
+
+@pytest.mark.slow
+def test_demo_runs_in_minutes(tmp_path, capsys):
+    import time
+
+    start = time.perf_counter()
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--work", str(tmp_path),
+                 "--json", str(tmp_path / "demo.json")])
+    seconds = time.perf_counter() - start
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"report: {tmp_path / 'demo' / 'report.md'}" in printed
+    assert printed.count("\n- ") == 3
+    out = tmp_path / "demo"
+    for name in ("report.md", "report.tex", "results.json", "fig-h2-learning-curves.png", "fig-h2-arms.png",
+                 "fig-h1-0-gradcam-class-means.png", "fig-h1-1-gradcampp-gallery-dist.png"):
+        assert (out / name).is_file(), name
+    res = json.loads((out / "results.json").read_text())
+    assert [d["method"] for d in res["consistency"]] == ["gradcam", "gradcam++"]
+    assert res["consistency"][0]["controls"]["random_weights"] is not None
+    assert res["compare"] is not None
+    # the decoy makes errors whose maps look elsewhere: H1 holds on dist
+    assert res["consistency"][0]["metrics"]["dist"]["verdict"]["direction"] == "supported"
+    assert not (tmp_path / "demo" / "store").exists() and (tmp_path / "store" / "demo" / "test.zarr").is_dir()
+    assert seconds < 300, f"camstat demo took {seconds:.0f} s (must stay under 5 minutes)"
