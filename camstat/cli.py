@@ -30,8 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Statistics of class-activation-map consistency: extract CAMs, test H1, train with a CAM loss (H2), report.",
 )
-console = Console(stderr=True)
-out = Console()
+# No markup or emoji codes: what is printed comes from stores, checkpoints and folder names (data, shown as
+# written; "[/x]" in a class name would otherwise crash the table and "[b]" or ":cat:" would vanish).
+console = Console(stderr=True, markup=False, emoji=False)
+out = Console(markup=False, emoji=False)
 
 JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
@@ -194,10 +196,13 @@ def layers(
     """List a model's candidate target layers (name, type, output shape); `auto` is marked."""
     from camstat import models
 
-    loaded = models.load_model(model, num_classes=num_classes or None, checkpoint=str(checkpoint) if checkpoint else None,
-                               trust_checkpoint=trust_checkpoint)
-    candidates = models.candidate_layers(loaded.module, (size, size))
-    auto = models.resolve_layers(loaded.module, "auto", (size, size))
+    if checkpoint is None:  # layer shapes don't depend on the class count: no need to ask for it
+        module = models.build_model(model, num_classes)
+    else:
+        module = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
+                                   trust_checkpoint=trust_checkpoint).module
+    candidates = models.candidate_layers(module, (size, size))
+    auto = models.resolve_layers(module, "auto", (size, size))
     table = Table(title=f"{model}: candidate target layers at {size}x{size}")
     for col in ("layer", "type", "output shape", ""):
         table.add_column(col)
@@ -376,6 +381,86 @@ def consistency(
     for item in render(d):
         out.print(item)
     write_json(json_path, d)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def report(
+    inputs: list[str] = typer.Argument(..., help="Stores (H1) and/or train-reg run directories (H2); arm B's runs after --vs."),
+    out_dir: Path = typer.Option(..., "--out", help="Report folder, e.g. studies/NAME (report.md, report.tex, results.json, fig-*.png)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Comma list of CAM methods to analyse (default: every method in the store)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
+    target: str = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
+    by: str = typer.Option("correct", "--by", help="correct, class or cluster (as for consistency)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies)."),
+    class_of: str = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (default: leave-one-out)."),
+    correction: str = typer.Option("holm", "--correction", help="holm, fdr_bh or bonferroni."),
+    permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
+    min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
+    seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap and controls."),
+    control: str = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
+    random_store: Optional[Path] = typer.Option(None, "--random-store", help="Randomised-weights store of the same architecture and images (Adebayo et al. control); used for every store it matches."),
+    clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
+    means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
+    names: Optional[str] = typer.Option(None, "--names", help="compare: arm names A,B (default: from lambda and loss)."),
+    primary: Optional[str] = typer.Option(None, "--primary", help="Metric the galleries sort by (default: dist)."),
+    gallery: int = typer.Option(8, "--gallery", help="Images per gallery row (most / least consistent)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Title of report.md."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Significance report: report.md, report.tex (booktabs), results.json and PNG figures."""
+    from camstat.report import report as make_report
+
+    first, vs_runs, side = [], [], None
+    for token in inputs:
+        if token == "--vs" or token.startswith("--vs="):
+            side = vs_runs
+            token = token[len("--vs="):] if token.startswith("--vs=") else ""
+            if not token:
+                continue
+        elif token.startswith("-"):
+            raise CamstatError(f"unknown option {token!r} for report")
+        (side if side is not None else first).append(token)
+    if side is not None and not vs_runs:
+        raise CamstatError("--vs needs run directories after it: camstat report RUN... --vs RUN...")
+
+    def say(message: str) -> None:
+        console.print(f"{message} ...", highlight=False)
+
+    result = make_report(
+        first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target, by=by, metrics=metrics,
+        class_of=class_of, reference=reference, correction=correction, permutations=permutations, n_boot=bootstrap,
+        min_group=min_group, seed=seed, control=control, random_store=random_store, clusters=clusters,
+        names=names.split(",") if names else None, means=means, primary=primary, gallery=gallery, title=title,
+        progress=say,
+    )
+    for line in result.summary:
+        out.print(f"- {line}", highlight=False, soft_wrap=True)
+    out.print(f"report: {result.report_md} ({len(result.figures)} figures, {result.seconds:.0f} s)", highlight=False,
+              soft_wrap=True)
+    write_json(json_path, result.to_dict())
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("studies/demo"), "--out", help="Where the report goes."),
+    fast: bool = typer.Option(False, "--fast", help="Tiny sizes (seconds, for tests): the pipeline, not the result."),
+    work: Path = typer.Option(Path("."), "--work", help="Stores go to WORK/store/demo, runs to WORK/runs/demo."),
+    device: str = typer.Option("cpu", "--device", help="cpu (default: the committed report's numbers), auto, cuda, cuda:N or mps."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """The whole pipeline on builtin:shapes with a decoy: train, extract, H1 with controls, H2, report."""
+    from camstat.demo import demo as run_demo
+
+    def say(message: str) -> None:
+        console.print(message, highlight=False)
+
+    result = run_demo(out_dir, fast=fast, work=work, device=device, progress=say)
+    out.print(f"report: {result.report} (demo took {result.seconds:.0f} s)", highlight=False, soft_wrap=True)
+    for line in result.summary:
+        out.print(f"- {line}", highlight=False, soft_wrap=True)
+    write_json(json_path, result.to_dict())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
