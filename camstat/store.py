@@ -12,7 +12,11 @@ Layout (see README, "Store layout")::
 
 Writers fill whole sample chunks; a chunk's ``done`` flags are written after
 its data (Zarr writes each chunk file atomically), so an interrupted run
-leaves only complete chunks marked done and resumes from the rest. Writers
+leaves only complete chunks marked done and resumes from the rest. The root
+attributes are written last and in one write when a store is created: a
+folder of ours (it holds the lock file) without them is a creation cut short,
+which any writer starts afresh; a folder that is not ours is never written to
+or deleted, not even with ``--overwrite``. Writers
 lock the byte range of their chunks in ``camstat.lock`` (POSIX record locks:
 released by the kernel when a process dies, even by SIGKILL), so shards fill
 one store side by side while a second writer of the same chunks is refused.
@@ -36,18 +40,76 @@ from camstat.errors import CamstatError
 
 SCHEMA_VERSION = 1
 SAMPLE_FIELDS = ("index", "label", "pred", "confidence", "correct")
+# Root attributes every reader relies on (checked when a store is opened).
+REQUIRED_ATTRS = ("model", "data", "split", "classes", "input_size", "normalize", "methods", "layers",
+                  "layer_shapes", "targets", "n", "chunk")
 _CREATE_LOCK_BYTE = 1 << 40  # beyond any chunk number: the lock taken while creating the store
 _LOCK_FILE = "camstat.lock"
 
 
 def _is_store(path: Path) -> bool:
-    meta = path / "zarr.json"
+    """A folder whose root ``zarr.json`` carries camstat's attributes (written last, in one write)."""
+    meta = Path(path) / "zarr.json"
     if not meta.is_file():
         return False
     try:
-        return "camstat_schema" in json.loads(meta.read_text()).get("attributes", {})
+        doc = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
+    attributes = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attributes, dict) and "camstat_schema" in attributes
+
+
+def _is_ours(path: Path) -> bool:
+    """A folder a camstat writer has opened: it holds our lock file (a store, or one whose creation was cut short)."""
+    return (Path(path) / _LOCK_FILE).is_file()
+
+
+def _holds_chunks(path: Path) -> bool:
+    """Whether a folder holds anything besides Zarr metadata and our lock file (i.e. array chunks)."""
+    return any(f.is_file() and f.name not in ("zarr.json", _LOCK_FILE)
+               and not (f.name.startswith("zarr.") and f.name.endswith(".partial"))  # zarr's atomic-write temp
+               for f in Path(path).rglob("*"))
+
+
+def _is_list_of(value, kind) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+def _damage(root: zarr.Group, attrs: dict) -> str | None:
+    """What makes an opened store unusable (missing or ill-typed attributes, missing arrays), or None.
+
+    Attributes are only ever read as data (JSON values checked for type here), never evaluated.
+    """
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        return f"attributes missing: {', '.join(missing)}"
+    wrong = [k for k in ("classes", "methods", "layers", "targets") if not _is_list_of(attrs[k], str)]
+    wrong += [k for k in ("model", "data", "split") if not isinstance(attrs[k], str)]
+    n, chunk, size, shapes = attrs["n"], attrs["chunk"], attrs["input_size"], attrs["layer_shapes"]
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        wrong.append("n")
+    if not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+        wrong.append("chunk")
+    if not (_is_list_of(size, int) and len(size) == 2 and min(size) >= 1):
+        wrong.append("input_size")
+    layers = attrs["layers"] if "layers" not in wrong else []
+    if not (isinstance(shapes, dict) and all(_is_list_of(shapes.get(layer), int) and len(shapes[layer]) == 2
+                                             for layer in layers)):
+        wrong.append("layer_shapes")
+    if wrong:
+        return f"attributes of the wrong type: {', '.join(wrong)}"
+    arrays = [(f"samples/{name}", None) for name in (*SAMPLE_FIELDS, "logits", "done")]
+    arrays += [(f"maps/{m}/{layer}/{t}", tuple(shapes[layer])) for m in attrs["methods"] for layer in layers
+               for t in attrs["targets"]]
+    for name, hw in arrays:
+        try:
+            array = root[name]
+        except Exception:  # zarr raises KeyError or its own errors for missing or unreadable nodes
+            return f"array {name} is missing or unreadable"
+        if not isinstance(array, zarr.Array) or array.shape[0] != n or (hw is not None and array.shape[1:] != hw):
+            return f"array {name} has shape {getattr(array, 'shape', None)}, expected {n} samples"
+    return None
 
 
 class Store:
@@ -63,12 +125,22 @@ class Store:
             raise CamstatError(f"store {self.path} does not exist; create it with `camstat extract`")
         if not _is_store(self.path):
             raise CamstatError(f"{self.path} is not a camstat store (no camstat attributes in zarr.json)")
-        self.root = zarr.open_group(str(self.path), mode=mode)
+        try:
+            self.root = zarr.open_group(str(self.path), mode=mode)
+        except Exception as exc:  # zarr's own errors for a malformed zarr.json
+            raise CamstatError(
+                f"{self.path} is not a readable Zarr group ({type(exc).__name__}); re-extract it"
+            ) from None
         version = self.root.attrs.get("camstat_schema")
         if version != SCHEMA_VERSION:
             raise CamstatError(
                 f"store {self.path} has schema version {version}, this camstat reads version {SCHEMA_VERSION};"
                 " re-extract it or use the matching camstat release"
+            )
+        damage = _damage(self.root, dict(self.root.attrs))
+        if damage:
+            raise CamstatError(
+                f"store {self.path} is damaged ({damage}); re-extract it with `camstat extract ... --overwrite`"
             )
 
     @property
@@ -178,7 +250,7 @@ class Store:
         """A fresh group ``derived/<name>`` (replacing an older one) holding ``params`` as attributes."""
         root = zarr.open_group(str(self.path), mode="a")
         group = root.require_group("derived").create_group(name, overwrite=True)
-        group.attrs.update(json.loads(json.dumps(params, default=str)))
+        group.attrs.put(json.loads(json.dumps(params, default=str)))  # one write, not one per key
         return group
 
 
@@ -233,7 +305,8 @@ class StoreWriter:
             )
         if self.path.exists() and not self.path.is_dir():
             raise CamstatError(f"{self.path} exists and is not a directory")
-        if self.path.exists() and any(self.path.iterdir()) and not _is_store(self.path) and mode != "overwrite":
+        # Never write into (or, with --overwrite, delete) a folder that camstat did not make.
+        if self.path.exists() and any(self.path.iterdir()) and not _is_store(self.path) and not _is_ours(self.path):
             raise CamstatError(f"{self.path} exists and is not a camstat store; choose another --store path")
         self.path.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -259,7 +332,15 @@ class StoreWriter:
             raise CamstatError(
                 f"store {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
             )
-        if exists and mode == "overwrite":
+        # Ours but without camstat's attributes: a creation cut short holds only metadata, while a store
+        # whose root zarr.json was damaged still holds chunks, which only --overwrite may delete.
+        damaged = not exists and _holds_chunks(self.path)
+        if damaged and mode != "overwrite":
+            raise CamstatError(
+                f"store {self.path} is damaged (its root zarr.json is unreadable or lacks camstat's attributes, but"
+                " it holds data); pass --overwrite to extract it again"
+            )
+        if (exists or damaged) and mode == "overwrite":
             if not _lock(self._fd, 0, _CREATE_LOCK_BYTE, blocking=False):
                 raise CamstatError(f"store {self.path} is being written by another process; cannot overwrite it")
             for child in self.path.iterdir():
@@ -270,14 +351,25 @@ class StoreWriter:
             self.root = zarr.open_group(str(self.path), mode="r+")
             found = dict(self.root.attrs)
             if found.get("camstat_schema") != SCHEMA_VERSION:
-                raise CamstatError(f"store {self.path} has schema version {found.get('camstat_schema')}; cannot resume it")
+                raise CamstatError(
+                    f"store {self.path} has schema version {found.get('camstat_schema')}, this camstat writes version"
+                    f" {SCHEMA_VERSION}; cannot resume it (pass --overwrite to extract it again)"
+                )
             diff = _compatible(found, self.attrs, IDENTITY_KEYS)
             if diff:
                 raise CamstatError(
                     f"store {self.path} was made with different {', '.join(diff)}; resume with the same options"
                     " or pass --overwrite"
                 )
+            damage = _damage(self.root, found)
+            if damage:
+                raise CamstatError(f"store {self.path} is damaged ({damage}); pass --overwrite to extract it again")
             return
+        # Not a store yet, but ours (see __init__): a creation cut short (killed, disk full) before the
+        # attributes were written, so no chunk was ever written either. Start it afresh.
+        for child in self.path.iterdir():
+            if child.name != _LOCK_FILE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         self._create(num_classes, mask_shape)
 
     def _create(self, num_classes: int, mask_shape) -> None:
@@ -298,8 +390,9 @@ class StoreWriter:
                     maps.require_group(f"{method}/{layer}").create_array(
                         target, shape=(n, h, w), chunks=(c, h, w), dtype="float32", fill_value=0.0
                     )
-        # Attributes last: a store without them is not yet a store (see _is_store).
-        root.attrs.update({"camstat_schema": SCHEMA_VERSION, **self.attrs})
+        # Attributes last and in one write (attrs.update writes zarr.json once per key, schema first): a
+        # store without them is not yet a store (see _is_store), one with them is complete.
+        root.attrs.put({"camstat_schema": SCHEMA_VERSION, **self.attrs})
         self.root = root
 
     def pending(self) -> list[int]:
