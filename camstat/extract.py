@@ -208,5 +208,14 @@ def _write_chunk(writer: StoreWriter, k: int, parts: list, dataset) -> None:
         "logits": logits.numpy(),
     }
     maps = {key: torch.cat([p[2].maps[key] for p in parts]).float().cpu().numpy() for key in parts[0][2].maps}
+    for (method, layer, target), values in maps.items():
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if not finite.all():  # stored, a NaN map would only surface later as an obscure analysis error
+            bad = positions[~finite]
+            raise CamstatError(
+                f"the {method} maps at layer {layer} (target {target}) are non-finite (NaN or inf) for {len(bad)}"
+                f" image(s) (dataset indices {', '.join(map(str, dataset.index[bad][:5]))}): the layer's"
+                " activations or gradients overflow; check the checkpoint and --normalize, or choose another --layer"
+            )
     masks = dataset.masks(positions) if dataset.has_masks else None
     writer.write_chunk(k, samples, maps, masks)
