@@ -20,6 +20,7 @@ and weights come only from ``--checkpoint``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -185,7 +186,10 @@ def _build_torchvision(name: str, num_classes: int | None) -> nn.Module:
 
     names = torchvision.models.list_models()
     if name not in names:
-        close = [n for n in names if name.lower() in n or n in name.lower()][:8] or names[:8]
+        # substrings first ("vit" -> vit_b_16...), then near spellings ("resnet1234" -> resnet18...)
+        close = [n for n in names if name.lower() in n or n in name.lower()]
+        close += [n for n in difflib.get_close_matches(name.lower(), names, n=8, cutoff=0.6) if n not in close]
+        close = close[:8] or names[:8]
         raise CamstatError(
             f"unknown torchvision model {name!r}; e.g. {', '.join(close)} "
             "(all: torchvision.models.list_models())"
