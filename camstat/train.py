@@ -469,13 +469,17 @@ def _heldout_metrics(ev: dict, ref_means: np.ndarray | None, num_classes: int, i
 LOCK_FILE = ".camstat-train.lock"
 
 
-def _lock_out(out: Path) -> int:
+def _lock_out(out: Path, overwrite: bool = False) -> int:
     """Hold an exclusive lock on the run directory (released when the process ends, even by SIGKILL)."""
     import errno
     import fcntl
 
     if out.exists() and not out.is_dir():
         raise CamstatError(f"--out {out} exists and is not a directory")
+    # Refuse someone else's folder before the lock file is put into it (see _prepare_out).
+    if (out.is_dir() and not overwrite and not (out / "run.json").is_file() and not (out / LOCK_FILE).exists()
+            and any(out.iterdir())):
+        raise CamstatError(f"--out {out} exists and holds no camstat run; choose another --out (or --overwrite)")
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -612,7 +616,7 @@ def train(
     lock = None
     try:
         # -- the run directory: start, resume or done -----------------------
-        lock = ddp.on_main(_lock_out, Path(cfg.out))
+        lock = ddp.on_main(_lock_out, Path(cfg.out), cfg.overwrite)
         lock = lock if ddp.main else None  # only rank 0 holds it
         plan = ddp.on_main(_prepare_out, cfg, ddp.world)
         if plan["action"] == "complete":
