@@ -314,9 +314,12 @@ def class_means_from_store(
     store = open_store(path)
     attrs = store.attrs
     if attrs.get("model") != model:
-        raise CamstatError(f"--means store {path} is of model {attrs.get('model')!r}, not {model!r}")
+        raise CamstatError(f"--means store {path} is of model {attrs.get('model')!r}, not {model!r};"
+                           " give the train-split store of a baseline with the same --model")
     if list(attrs.get("classes", [])) != list(classes):
-        raise CamstatError(f"--means store {path} has other classes than the training data ({len(attrs.get('classes', []))} vs {len(classes)})")
+        raise CamstatError(f"--means store {path} has other classes than the training data"
+                           f" ({len(attrs.get('classes', []))} vs {len(classes)});"
+                           " give the train-split store of a baseline on the same --data")
     if layer not in store.layers:
         raise CamstatError(f"--means store {path} has no maps of layer {layer!r} (it holds {', '.join(store.layers)}); pass --layer to match or re-extract")
     if method not in store.methods:

@@ -124,7 +124,10 @@ class Store:
         if not self.path.exists():
             raise CamstatError(f"store {self.path} does not exist; create it with `camstat extract`")
         if not _is_store(self.path):
-            raise CamstatError(f"{self.path} is not a camstat store (no camstat attributes in zarr.json)")
+            raise CamstatError(
+                f"{self.path} is not a camstat store (no camstat attributes in zarr.json); give a store made by"
+                " `camstat extract`"
+            )
         try:
             self.root = zarr.open_group(str(self.path), mode=mode)
         except Exception as exc:  # zarr's own errors for a malformed zarr.json
@@ -304,7 +307,7 @@ class StoreWriter:
                 f"store {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
             )
         if self.path.exists() and not self.path.is_dir():
-            raise CamstatError(f"{self.path} exists and is not a directory")
+            raise CamstatError(f"{self.path} exists and is not a directory; choose another --store path")
         # Never write into (or, with --overwrite, delete) a folder that camstat did not make.
         if self.path.exists() and any(self.path.iterdir()) and not _is_store(self.path) and not _is_ours(self.path):
             raise CamstatError(f"{self.path} exists and is not a camstat store; choose another --store path")

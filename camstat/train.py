@@ -475,7 +475,7 @@ def _lock_out(out: Path, overwrite: bool = False) -> int:
     import fcntl
 
     if out.exists() and not out.is_dir():
-        raise CamstatError(f"--out {out} exists and is not a directory")
+        raise CamstatError(f"--out {out} exists and is not a directory; choose another --out")
     # Refuse someone else's folder before the lock file is put into it (see _prepare_out).
     if (out.is_dir() and not overwrite and not (out / "run.json").is_file() and not (out / LOCK_FILE).exists()
             and any(out.iterdir())):
