@@ -37,14 +37,7 @@ LOSS_KINDS = ("mean", "variance", "spread", "neg-variance", "hybrid")
 TINY = dict(model="camstat:smallcnn", data="builtin:digits", limit=192, eval_limit=60, batch_size=32, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine two OpenMP threads
-    contending with other processes run many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(c: int, h: int, w: int) -> torch.Tensor:
