@@ -30,7 +30,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camstat.atomic import atomic_write
 from camstat.errors import CamstatError
 from camstat.provenance import sha256_file
 
@@ -437,21 +437,16 @@ def save_checkpoint(path: str | os.PathLike, module: nn.Module, meta: dict) -> s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = _portable_state(module)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            if _is_safetensors(path):
-                from safetensors.torch import save
 
-                handle.write(save(state, metadata={"camstat": json.dumps(meta)}))
-            else:
-                torch.save({"state_dict": state, "camstat": meta}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    def write(handle) -> None:
+        if _is_safetensors(path):
+            from safetensors.torch import save
+
+            handle.write(save(state, metadata={"camstat": json.dumps(meta)}))
+        else:
+            torch.save({"state_dict": state, "camstat": meta}, handle)
+
+    atomic_write(path, write)
     return sha256_file(path)
 
 

@@ -40,18 +40,17 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camstat.atomic import atomic_write
 from camstat.errors import CamstatError
 from camstat.losses import (
     CAM_METHODS,
@@ -210,25 +209,12 @@ class TrainResult:
 # small helpers
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    handle = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(_plain(obj), indent=2) + "\n"), "w")
+    atomic_write(path, lambda f: f.write(json.dumps(_plain(obj), indent=2) + "\n"), "w")
 
 
 def _write_records(path: Path, records: list[dict]) -> None:
-    _atomic_write(path, lambda f: f.write("".join(json.dumps(_plain(r)) + "\n" for r in records)), "w")
+    atomic_write(path, lambda f: f.write("".join(json.dumps(_plain(r)) + "\n" for r in records)), "w")
 
 
 def _plain(obj):
@@ -814,7 +800,7 @@ def train(
                     "rng": rng_states,
                     "records": records,
                 }
-                _atomic_write(out / "state.pt", lambda f: torch.save(state, f))
+                atomic_write(out / "state.pt", lambda f: torch.save(state, f))
                 _write_records(out / "metrics.jsonl", records)
             ddp.barrier()
             if ddp.main and on_epoch is not None:
@@ -838,7 +824,7 @@ def train(
                 arrays["means"] = ref_means
             if ema:
                 arrays["ema_means"] = train_means.detach().cpu().numpy()
-            _atomic_write(out / "heldout.npz", lambda f: np.savez(f, **arrays))
+            atomic_write(out / "heldout.npz", lambda f: np.savez(f, **arrays))
             run_info.update(status="complete", finished=now(), final=records[-1], checkpoint_sha256=sha)
             _write_json(out / "run.json", run_info)
         ddp.barrier()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from camstat import consistency, metrics
+from camstat import metrics
 from camstat.cli import main
 from camstat.consistency import analyze
 from camstat.errors import CamstatError
