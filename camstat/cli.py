@@ -8,7 +8,6 @@ exit code 2; ``camstat --debug ...`` shows the traceback instead.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from camstat.errors import CamstatError
+from camstat.records import jsonable
 
 # Newer Typer vendors click: reach its exception base through a public class.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -39,24 +39,11 @@ JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result t
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 
 
-def _clean(obj):
-    """JSON-safe: NaN/inf -> null, numpy scalars and arrays -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _clean(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json(path: Optional[Path], result: dict) -> None:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_clean(result), indent=2, sort_keys=False) + "\n")
+        path.write_text(json.dumps(jsonable(result), indent=2, sort_keys=False) + "\n")
 
 
 @contextmanager

@@ -76,6 +76,7 @@ import numpy as np
 from camstat import metrics as metrics_mod
 from camstat import stats
 from camstat.errors import CamstatError
+from camstat.records import jsonable
 from camstat.store import Store, open_store
 
 BY = ("correct", "class", "cluster")
@@ -92,24 +93,6 @@ Progress = Callable[[int, int], None]
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe and deterministic: NaN/inf -> None, numpy -> Python, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    return obj
 
 
 def _rng(seed: int, *names: Any) -> np.random.Generator:
@@ -420,7 +403,7 @@ def _group_level(store: Store, spec: _Maps, streamed: _Streamed, groups: np.ndar
                 "com_dispersion": float(np.sqrt(((c - c.mean(axis=0)) ** 2).sum(axis=1)).mean()),
                 "mean_dist_to_mean": float(d.mean()),
             })
-            row[subset] = _clean(gc)
+            row[subset] = jsonable(gc)
         rows.append(row)
     return rows
 
@@ -611,7 +594,7 @@ def _random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray
                            f"(median {mt if mt is None else format(mt, '.4g')} vs "
                            f"{mr if mr is None else format(mr, '.4g')}); AUC trained "
                            f"{_fmt(row['auc_trained'])} vs random {_fmt(row['auc_random'])}")
-        out[key] = _clean(row)
+        out[key] = jsonable(row)
     return out
 
 
@@ -628,7 +611,7 @@ def _artefact(values: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndar
         if higher is not None and r.statistic == r.statistic:
             signed = r.statistic if higher else -r.statistic
             direction = "supported" if signed > 0 else "opposite" if signed < 0 else "none"
-        out[key] = _clean({"statistic": r.statistic, "p_permutation": r.p_value, "direction": direction,
+        out[key] = jsonable({"statistic": r.statistic, "p_permutation": r.p_value, "direction": direction,
                            "n": int(ok.sum())})
     return out
 
@@ -857,7 +840,7 @@ def analyze(
     result["params"] = params
     result["store"] = str(s.path)
     result["provenance"] = _provenance(s)
-    result = _clean(result)
+    result = jsonable(result)
 
     derived = None
     if save:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from camstat.errors import CamstatError
+from camstat.records import jsonable
 
 REPORT_SCHEMA = 1
 ALPHA = 0.05
@@ -853,19 +854,7 @@ def report(
 
 def _jsonable(obj: Any) -> Any:
     """Round-trip through JSON (NaN -> None) so results.json and the in-memory dict are one and the same."""
-    def clean(o):
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if isinstance(o, np.ndarray):
-            return clean(o.tolist())
-        if isinstance(o, np.generic):
-            return clean(o.item())
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        return o
-    return json.loads(json.dumps(clean(obj)))
+    return json.loads(json.dumps(jsonable(obj)))
 
 
 # --------------------------------------------------------------------------

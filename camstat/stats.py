@@ -50,6 +50,8 @@ import numpy as np
 import scipy.stats
 from scipy.special import ndtr, ndtri
 
+from camstat.records import jsonable
+
 __all__ = [
     "AUCResult",
     "ClassRow",
@@ -88,28 +90,6 @@ _CHUNK_ELEMENTS = 4_000_000
 # --------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays, tuples and records to JSON-ready types."""
-    if isinstance(value, _Record):
-        return value.to_dict()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {_key(f.name): _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return None if math.isnan(v) else v
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _key(name: str) -> str:
     # `class` is a Python keyword, so records spell the field `class_`;
     # the JSON key is the plain word the SPEC uses.
@@ -120,7 +100,7 @@ class _Record:
     """Mixin: ``to_dict()`` for frozen dataclass records."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {_key(f.name): _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {_key(f.name): jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from torch import nn
 
 from camstat.atomic import atomic_write
 from camstat.errors import CamstatError
+from camstat.records import jsonable
 from camstat.losses import (
     CAM_METHODS,
     DEFAULT_HYBRID,
@@ -210,23 +211,11 @@ class TrainResult:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(_plain(obj), indent=2) + "\n"), "w")
+    atomic_write(path, lambda f: f.write(json.dumps(jsonable(obj), indent=2) + "\n"), "w")
 
 
 def _write_records(path: Path, records: list[dict]) -> None:
-    atomic_write(path, lambda f: f.write("".join(json.dumps(_plain(r)) + "\n" for r in records)), "w")
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.generic, torch.Tensor)):
-        return _plain(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    atomic_write(path, lambda f: f.write("".join(json.dumps(jsonable(r)) + "\n" for r in records)), "w")
 
 
 def read_records(run: str | Path) -> list[dict]:
