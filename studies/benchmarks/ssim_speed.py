@@ -2,7 +2,7 @@
 
 Usage::
 
-    python studies/benchmarks/ssim_speed.py [--n 200] [--size 32 64] [--pairs 300] [--repeat 3]
+    python studies/benchmarks/ssim_speed.py [--n 500] [--size 32 64] [--pairs 300] [--repeat 3]
 
 For each size, on seeded random *smooth* maps (uniform noise, Gaussian
 blur sigma 2, min-max scaled, float32 -- like analysis maps):
@@ -107,7 +107,7 @@ def run(n: int, size: int, n_pairs: int, repeat: int, seed: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=200, help="number of maps (default 200)")
+    ap.add_argument("--n", type=int, default=500, help="number of maps (default 500: the per-group sample `camstat consistency --pair-sample` draws)")
     ap.add_argument("--size", type=int, nargs="+", default=[32], help="map side(s) (default 32)")
     ap.add_argument("--pairs", type=int, default=300, help="pairs timed with skimage (default 300)")
     ap.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
