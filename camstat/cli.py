@@ -46,6 +46,22 @@ def write_json(path: Optional[Path], result: dict) -> None:
         path.write_text(json.dumps(jsonable(result), indent=2, sort_keys=False) + "\n")
 
 
+def split_vs(tokens: list[str], command: str) -> tuple[list[str], list[str] | None]:
+    """``A... --vs B...`` -> (A, B); B is None when there is no ``--vs`` (``--vs=B`` works too)."""
+    first: list[str] = []
+    second: list[str] | None = None
+    for token in tokens:
+        if token == "--vs" or token.startswith("--vs="):
+            second = [] if second is None else second
+            token = token[len("--vs="):]
+            if not token:
+                continue
+        elif token.startswith("-"):
+            raise CamstatError(f"unknown option {token!r} for {command}")
+        (second if second is not None else first).append(token)
+    return first, second
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator:
     """A rich progress bar, shown from the first update on; yields ``update(done, total)``."""
@@ -282,17 +298,8 @@ def compare(
     """H2: accuracy and consistency per arm (mean, sd, 95% CI), paired tests by seed, exact McNemar."""
     from camstat.compare import compare_runs
 
-    arm_a, arm_b, side = [], [], None
-    for token in runs:
-        if token == "--vs" or token.startswith("--vs="):
-            side = arm_b
-            token = token[len("--vs="):] if token.startswith("--vs=") else ""
-            if not token:
-                continue
-        elif token.startswith("-"):
-            raise CamstatError(f"unknown option {token!r} for compare")
-        (side if side is not None else arm_a).append(token)
-    if side is None:
+    arm_a, arm_b = split_vs(runs, "compare")
+    if arm_b is None:
         raise CamstatError("compare needs two arms: camstat compare RUN... --vs RUN...")
     result = compare_runs(arm_a, arm_b, names=names.split(",") if names else None, means=means)
     d = result.to_dict()
@@ -399,17 +406,8 @@ def report(
     """Significance report: report.md, report.tex (booktabs), results.json and PNG figures."""
     from camstat.report import report as make_report
 
-    first, vs_runs, side = [], [], None
-    for token in inputs:
-        if token == "--vs" or token.startswith("--vs="):
-            side = vs_runs
-            token = token[len("--vs="):] if token.startswith("--vs=") else ""
-            if not token:
-                continue
-        elif token.startswith("-"):
-            raise CamstatError(f"unknown option {token!r} for report")
-        (side if side is not None else first).append(token)
-    if side is not None and not vs_runs:
+    first, vs_runs = split_vs(inputs, "report")
+    if vs_runs is not None and not vs_runs:
         raise CamstatError("--vs needs run directories after it: camstat report RUN... --vs RUN...")
 
     def say(message: str) -> None:
