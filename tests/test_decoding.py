@@ -328,3 +328,13 @@ def test_dicom_without_pixel_data_is_refused_naming_the_file(tmp_path):
         _folder_dataset(path, on_bad_image="fail")
     with pytest.raises(CamstatError, match="empty.dcm has no pixel data"):
         decode_file(str(path), "dtype")
+
+
+def test_augmentation_keeps_deep_intensities(tmp_path):
+    pixels = _gradient((16, 16))
+    path = _png16(_place(tmp_path, "a.png"), pixels)
+    torch.manual_seed(0)
+    image, _, _ = _folder_dataset(path, augment=True)[0]
+    allowed = np.append(pixels.ravel() / 65535, 0.0)  # padding of the random crop is 0
+    assert image.dtype == torch.float32
+    assert np.abs(image[0].numpy().ravel()[:, None] - allowed[None, :]).min(axis=1).max() <= 1e-6
