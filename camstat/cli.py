@@ -91,9 +91,9 @@ def _root(
 @app.command()
 def extract(
     model: str = typer.Option(..., "--model", help="torchvision:NAME, camstat:resnet20|smallcnn, timm:NAME, file.py:factory, module:factory, torchscript:PATH."),
-    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT."),
+    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT, npz:PATH[?classes=a,b]."),
     store: Path = typer.Option(..., "--store", help="Zarr store to write, e.g. store/NAME.zarr."),
-    split: str = typer.Option("test", "--split", help="train or test."),
+    split: str = typer.Option("test", "--split", help="train or test (npz: also val)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Output classes (default: from checkpoint)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file!)."),
@@ -109,6 +109,7 @@ def extract(
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
+    intensity: str = typer.Option("dtype", "--intensity", help="Pixel values to [0, 1]: dtype (by the file's depth: 8-bit /255, 16-bit /65535 or its PNG sBIT depth, float as is and must lie in [0, 1]) or minmax (per image)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     chunk: int = typer.Option(256, "--chunk", help="Samples per store chunk (the unit of resume and sharding)."),
     device: str = DeviceOpt,
@@ -127,7 +128,7 @@ def extract(
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, methods=methods, layer=layer,
             target=target, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
             device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
-            on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update,
+            on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update, intensity=intensity,
         )
     out.print(
         f"{result.store}: {result.n} images, accuracy {result.accuracy:.4f}, {', '.join(result.methods)} at "

@@ -21,12 +21,20 @@ Specs:
   otherwise ROOT itself serves every split.
 - ``stanford-cars:ROOT`` -- torchvision's StanfordCars layout
   (``ROOT/stanford_cars/devkit/cars_meta.mat`` ...; ROOT may also be the
-  ``stanford_cars`` folder itself).
+  ``stanford_cars`` folder itself); the annotations' bounding boxes become
+  object masks.
+- ``npz:PATH[?classes=a,b,...]`` -- MedMNIST's ``.npz`` layout:
+  ``{split}_images`` (N, H, W) or (N, H, W, 3) and ``{split}_labels`` (N, 1)
+  for splits ``train``, ``val``, ``test``; grayscale is replicated to 3
+  channels; classes are named by ``classes`` or numbered (counted over every
+  split in the file).
 
-Images are resized straight to ``size`` (no crop, so overlays and masks line
-up with the whole image), turned into float tensors in [0, 1] and normalised.
-Native sizes: 32x32 for digits, shapes and CIFAR-10; the first image's size
-for an image folder; 224x224 for Stanford Cars.
+Images are decoded by the ``intensity`` rule of :mod:`camstat.decoding`
+(by the file's or array's own depth, or per-image min-max), resized straight
+to ``size`` (no crop, so overlays and masks line up with the whole image),
+turned into float tensors in [0, 1] and normalised. Native sizes: 32x32 for
+digits, shapes and CIFAR-10; the first image's size for an image folder;
+224x224 for Stanford Cars; the arrays' size for ``npz:``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from camstat.decoding import DICOM_EXTENSIONS, check_intensity, decode_file, image_size, to_unit, unit_to_uint8
+from camstat.decoding import orient, stored_geometry, verify_file
 from camstat.errors import CamstatError
 
 Normalize = tuple[tuple[float, ...], tuple[float, ...]]
@@ -56,7 +66,8 @@ NORMALIZE_PRESETS: dict[str, Normalize] = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+NPZ_SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", *DICOM_EXTENSIONS)
 SMALL_IMAGE = 64  # up to this side, augmentation is pad-and-crop; beyond, random-resized-crop
 BAD_PATHS_SHOWN = 3
 SCAN_CHUNK = 1024
@@ -122,16 +133,17 @@ def _as_normalize(value: str | Sequence | None) -> Normalize:
 
 
 class _ArrayImages:
-    """Decoded uint8 images (N, H, W, 3) held in memory."""
+    """Decoded images (N, H, W[, C]) held in memory, in their own dtype."""
 
-    def __init__(self, images: np.ndarray):
+    def __init__(self, images: np.ndarray, source: str):
         self.images = images
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def read(self, i: int) -> np.ndarray:
-        return self.images[i]
+    def read(self, i: int, intensity: str) -> np.ndarray:
+        return to_unit(self.images[i], intensity, f"{self.source} image {i}")
 
 
 class _FileImages:
@@ -143,34 +155,8 @@ class _FileImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def read(self, i: int) -> np.ndarray:
-        return _decode(self.paths[i])
-
-
-def _decode(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            # a copy: PIL's buffer is read-only, and torch wants writable memory
-            return np.array(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CamstatError(f"cannot decode image {path} ({exc}); fix or remove the file") from exc
-
-
-def _verify(path: str) -> str | None:
-    """None when the header and structure look sound, else the reason.
-    ``verify`` does not decode pixels, so this stays cheap."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return None
-    except Exception as exc:  # PIL raises many unrelated types for broken files
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _image_size(path: str) -> tuple[int, int]:
-    with Image.open(path) as image:
-        width, height = image.size
-    return height, width
+    def read(self, i: int, intensity: str) -> np.ndarray:
+        return decode_file(self.paths[i], intensity)
 
 
 @dataclass
@@ -181,7 +167,7 @@ class _Split:
     labels: np.ndarray
     images: _ArrayImages | _FileImages
     native_size: tuple[int, int] | None  # None: the first selected file's size
-    masks: np.ndarray | None = None
+    masks: np.ndarray | _BoxMasks | None = None
 
 
 # --------------------------------------------------------------------------
@@ -203,7 +189,7 @@ def _digits(options: dict[str, str], split: str, size: tuple[int, int] | None) -
     return _Split(
         classes=[str(d) for d in range(10)],
         labels=digits.target[chosen].astype(np.int64),
-        images=_ArrayImages(np.repeat(gray[..., None], 3, axis=-1)),
+        images=_ArrayImages(gray, "builtin:digits"),
         native_size=(32, 32),
     )
 
@@ -359,7 +345,7 @@ def _shapes(options: dict[str, str], split: str, size: tuple[int, int] | None) -
     return _Split(
         classes=data.classes,
         labels=data.labels,
-        images=_ArrayImages(data.images),
+        images=_ArrayImages(data.images, "builtin:shapes"),
         native_size=data.images.shape[1:3],
         masks=data.masks,
     )
@@ -462,7 +448,7 @@ def _cifar10(rest: str, split: str, size: tuple[int, int] | None) -> _Split:
     return _Split(
         classes=classes,
         labels=_checked_labels(np.concatenate(labels), len(classes), base),
-        images=_ArrayImages(np.ascontiguousarray(np.concatenate(images))),
+        images=_ArrayImages(np.ascontiguousarray(np.concatenate(images)), str(base)),
         native_size=(32, 32),
     )
 
@@ -513,6 +499,70 @@ def _imagefolder(rest: str, split: str, size: tuple[int, int] | None) -> _Split:
 
 
 # --------------------------------------------------------------------------
+# npz:PATH (MedMNIST)
+
+
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except Exception as exc:  # zipfile.BadZipFile, zlib.error, ValueError (pickled object arrays) ...
+        raise CamstatError(f"cannot read {key!r} from {path} ({type(exc).__name__}: {exc}); the file is corrupt") from exc
+
+
+def _npz_labels(labels: np.ndarray, key: str, path: Path) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise CamstatError(
+            f"{path}: {key} has shape {labels.shape}; expected (N, 1) class numbers (multi-label data is not supported)"
+        )
+    if labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise CamstatError(f"{path}: {key} must hold class numbers 0, 1, ... (found {labels.dtype})")
+    return labels.astype(np.int64)
+
+
+def _npz(rest: str, split: str, size: tuple[int, int] | None) -> _Split:
+    text, _, query = rest.partition("?")
+    options = _parse_query(query, "npz")
+    _reject_options(options, {"classes": None}, "npz:PATH")
+    _check_split(split, NPZ_SPLITS, f"npz:{text}")
+    path = Path(text).expanduser()
+    if not text or not path.is_file():
+        raise CamstatError(f"npz file not found: {path} (from --data npz:{text})")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:  # BadZipFile, OSError, ValueError, EOFError on foreign or cut files
+        raise CamstatError(f"cannot read {path} as an .npz file ({type(exc).__name__}: {exc})") from exc
+    if not hasattr(archive, "files"):
+        raise CamstatError(f"{path} holds a single array, not an .npz archive in MedMNIST's layout")
+    with archive:
+        keys = [f"{split}_images", f"{split}_labels"]
+        missing = [key for key in keys if key not in archive.files]
+        if missing:
+            raise CamstatError(
+                f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(archive.files)) or 'nothing'}); "
+                "expected MedMNIST's layout: {split}_images (N, H, W[, 3]), {split}_labels (N, 1)"
+            )
+        images = _npz_array(archive, keys[0], path)
+        labels = _npz_labels(_npz_array(archive, keys[1], path), keys[1], path)
+        # classes are counted over every split, so label numbers agree between them
+        top = max(
+            int(_npz_labels(_npz_array(archive, f"{s}_labels", path), f"{s}_labels", path).max(initial=-1))
+            for s in NPZ_SPLITS if f"{s}_labels" in archive.files
+        )
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+        raise CamstatError(f"{path}: {keys[0]} has shape {images.shape}; expected (N, H, W) or (N, H, W, 3)")
+    if len(images) != len(labels):
+        raise CamstatError(f"{path}: {keys[0]} holds {len(images)} images but {keys[1]} {len(labels)} labels")
+    classes = options["classes"].split(",") if "classes" in options else [str(k) for k in range(top + 1)]
+    if len(classes) <= top:
+        raise CamstatError(
+            f"{path} has labels up to {top} but ?classes= names {len(classes)} classes; name one per label number"
+        )
+    return _Split(classes, labels, _ArrayImages(images, f"{path} {keys[0]}"), native_size=images.shape[1:3])
+
+
+# --------------------------------------------------------------------------
 # stanford-cars:ROOT
 
 
@@ -527,6 +577,38 @@ def _loadmat(path: Path, key: str) -> np.ndarray:
         raise CamstatError(f"{path} has no {key!r}; is it from the Stanford Cars devkit?")
     # squeeze_me turns a single record into a 0-d array
     return np.atleast_1d(content[key])
+
+
+class _BoxMasks:
+    """Object masks from bounding boxes, drawn on demand at the dataset's size.
+
+    A box ``(x1, y1, x2, y2)`` is in the devkit's 1-based, inclusive pixel
+    coordinates of the image as stored (MATLAB ignores EXIF orientation), so
+    the mask is drawn in that frame, turned as the image is turned, and resized
+    with nearest-neighbour sampling (pixel centres) to the model's size.
+    """
+
+    def __init__(self, paths: list[str], boxes: np.ndarray):
+        self.paths = paths
+        self.boxes = boxes
+
+    def render(self, positions: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        masks = np.empty((len(positions), *size), bool)
+        for j, position in enumerate(positions):
+            masks[j] = self._one(int(position), size)
+        return masks
+
+    def _one(self, position: int, size: tuple[int, int]) -> np.ndarray:
+        path = self.paths[position]
+        try:
+            height, width, orientation = stored_geometry(path)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CamstatError(f"cannot read the size of {path} ({exc}); fix or remove the file") from exc
+        x1, y1, x2, y2 = np.rint(self.boxes[position]).astype(int)
+        stored = np.zeros((height, width), np.uint8)
+        stored[max(y1 - 1, 0) : max(y2, 0), max(x1 - 1, 0) : max(x2, 0)] = 255
+        picture = orient(Image.fromarray(stored), orientation).resize((size[1], size[0]), Image.NEAREST)
+        return np.asarray(picture) > 127
 
 
 def _stanford_cars(rest: str, split: str, size: tuple[int, int] | None) -> _Split:
@@ -559,7 +641,12 @@ def _stanford_cars(rest: str, split: str, size: tuple[int, int] | None) -> _Spli
     paths = [str(images_dir / str(record["fname"])) for record in records]
     labels = np.asarray([int(record["class"]) - 1 for record in records], np.int64)  # 1-based in the .mat
     labels = _checked_labels(labels, len(classes), annotations_path)
-    return _Split(classes, labels, _FileImages(paths), native_size=(224, 224))
+    box_fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+    masks = None
+    if set(box_fields) <= set(records.dtype.names):
+        boxes = np.asarray([[float(record[f]) for f in box_fields] for record in records]).reshape(-1, 4)
+        masks = _BoxMasks(paths, boxes)
+    return _Split(classes, labels, _FileImages(paths), native_size=(224, 224), masks=masks)
 
 
 # --------------------------------------------------------------------------
@@ -614,7 +701,7 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
 
 def _scan(paths: list[str], on_bad_image: str) -> list[str | None]:
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 4)) as pool:
-        reasons = list(pool.map(_verify, paths, chunksize=64))
+        reasons = list(pool.map(verify_file, paths, chunksize=64))
     if on_bad_image == "fail":
         for path, reason in zip(paths, reasons):
             if reason is not None:
@@ -658,9 +745,17 @@ def _report_bad(bad: list[str], spec: str) -> None:
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (H, W, 3) uint8 or float32 pixels; floats go channel
+    by channel through Pillow's 32-bit float mode, with the same filter as 8-bit."""
     if pixels.shape[:2] == size:
         return pixels
-    return np.array(Image.fromarray(pixels).resize((size[1], size[0]), Image.BILINEAR))
+    if pixels.dtype == np.uint8:
+        return np.array(Image.fromarray(pixels).resize((size[1], size[0]), Image.BILINEAR))
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]), mode="F").resize((size[1], size[0]), Image.BILINEAR))
+        for c in range(pixels.shape[-1])
+    ]
+    return np.stack(channels, axis=-1)
 
 
 def _augmenter(size: tuple[int, int]) -> torch.nn.Module:
@@ -687,9 +782,10 @@ class CamDataset(Dataset):
         images: _ArrayImages | _FileImages,
         size: tuple[int, int],
         normalize: Normalize,
-        masks: np.ndarray | None = None,
+        masks: np.ndarray | _BoxMasks | None = None,
         bad_images: list[str] | None = None,
         augment: bool = False,
+        intensity: str = "dtype",
     ):
         self.spec = spec
         self.split = split
@@ -700,6 +796,7 @@ class CamDataset(Dataset):
         self.normalize = normalize
         self.bad_images = bad_images or []
         self.augment = augment
+        self.intensity = intensity
         self._images = images
         self._masks = masks
         self._mean = torch.tensor(normalize[0]).view(3, 1, 1)
@@ -715,16 +812,21 @@ class CamDataset(Dataset):
 
     def raw_image(self, i: int) -> np.ndarray:
         """uint8 (H, W, 3) at ``size``, unnormalised and unaugmented, for overlays."""
-        return np.array(_resize(self._images.read(int(self.index[i])), self.size))
+        return np.array(unit_to_uint8(_resize(self._images.read(int(self.index[i]), self.intensity), self.size)))
 
     def masks(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
         """Ground-truth object masks, bool (n, H, W) at ``size``, for items ``idx``."""
         if self._masks is None:
-            raise CamstatError(f"{self.spec} has no ground-truth masks (only builtin:shapes does)")
-        return self._masks[self.index[np.asarray(idx, dtype=np.int64)]]
+            raise CamstatError(
+                f"{self.spec} has no ground-truth masks (builtin:shapes and stanford-cars have them)"
+            )
+        positions = self.index[np.asarray(idx, dtype=np.int64)]
+        if isinstance(self._masks, _BoxMasks):
+            return self._masks.render(positions, self.size)
+        return self._masks[positions]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        native = self._images.read(int(self.index[i]))
+        native = self._images.read(int(self.index[i]), self.intensity)
         if self._augmenter is not None and max(self.size) > SMALL_IMAGE:
             # random-resized-crop works from the full-resolution image
             pixels = self._augmenter(_to_chw(native))
@@ -732,7 +834,8 @@ class CamDataset(Dataset):
             pixels = _to_chw(_resize(native, self.size))
             if self._augmenter is not None:
                 pixels = self._augmenter(pixels)
-        image = (pixels.float() / 255 - self._mean) / self._std
+        unit = pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels.float()
+        image = (unit - self._mean) / self._std
         return image, int(self.labels[i]), i
 
 
@@ -745,9 +848,11 @@ LOADERS: dict[str, Callable[[str, str, tuple[int, int] | None], _Split]] = {
     "cifar10": _cifar10,
     "imagefolder": _imagefolder,
     "stanford-cars": _stanford_cars,
+    "npz": _npz,
 }
 DATA_FORMS = (
-    "builtin:digits, builtin:shapes[?n=..&decoy=..], cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT"
+    "builtin:digits, builtin:shapes[?n=..&decoy=..], cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT, "
+    "npz:PATH[?classes=a,b]"
 )
 
 
@@ -761,6 +866,7 @@ def load_dataset(
     on_bad_image: str = "skip",
     augment: bool = False,
     seed: int = 0,
+    intensity: str = "dtype",
 ) -> CamDataset:
     """Open ``--data spec`` at ``--split split``.
 
@@ -768,7 +874,9 @@ def load_dataset(
     string or a (mean, std) pair (None: imagenet); ``limit`` keeps N items
     chosen by a ``seed``-ed class-stratified permutation, in dataset order;
     ``on_bad_image`` is ``skip`` (report and leave out) or ``fail``;
-    ``augment`` adds random crops and flips for training.
+    ``augment`` adds random crops and flips for training; ``intensity``
+    (``dtype`` or ``minmax``) maps pixel values to [0, 1] as
+    :mod:`camstat.decoding` describes.
     """
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in LOADERS:
@@ -778,13 +886,14 @@ def load_dataset(
     if limit is not None and limit < 1:
         raise CamstatError(f"bad --limit {limit}; give a positive number of images")
     size = _parse_size(size)
+    check_intensity(intensity)
     data = LOADERS[kind](rest, split, size)
     index, bad = _select(data, limit, seed, on_bad_image)
     _report_bad(bad, spec)
     if not len(index):
         raise CamstatError(f"no readable images in {spec} ({split}); {len(bad)} unreadable")
     if size is None:
-        size = data.native_size or _image_size(data.images.paths[index[0]])
+        size = data.native_size or image_size(data.images.paths[index[0]])
     return CamDataset(
         spec=spec,
         split=split,
@@ -797,4 +906,5 @@ def load_dataset(
         masks=data.masks,
         bad_images=bad,
         augment=augment,
+        intensity=intensity,
     )

@@ -18,6 +18,7 @@ import torch
 from camstat import data as data_mod
 from camstat import models
 from camstat.cams import CamEngine, parse_methods, parse_targets
+from camstat.decoding import describe_intensity
 from camstat.devices import distributed_rank, resolve_device
 from camstat.errors import CamstatError
 from camstat.provenance import command_line, now, versions
@@ -83,6 +84,7 @@ def extract(
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[int, int], None] | None = None,
+    intensity: str = "dtype",
 ) -> ExtractResult:
     """Extract predictions and CAMs into a Zarr store; see SPEC 2.3.
 
@@ -112,7 +114,7 @@ def extract(
     if size is None and meta.get("size"):
         size = int(meta["size"][0])
     dataset = data_mod.load_dataset(data, split, size=size, normalize=data_mod.parse_normalize(normalize, meta),
-                                    limit=limit, on_bad_image=on_bad_image, seed=seed)
+                                    limit=limit, on_bad_image=on_bad_image, seed=seed, intensity=intensity)
     if len(dataset) == 0:
         raise CamstatError(f"data {data!r} split {split!r} holds no images")
     loaded = loaded or build(len(dataset.classes))
@@ -136,6 +138,7 @@ def extract(
         "classes": list(dataset.classes),
         "input_size": list(dataset.size),
         "normalize": [list(dataset.normalize[0]), list(dataset.normalize[1])],
+        "intensity": dataset.intensity, "decoding": describe_intensity(dataset.intensity),  # camstat.decoding's rule
         "methods": method_list,
         "layers": layers,
         "layer_shapes": shapes,

@@ -377,3 +377,39 @@ def test_augmentation_keeps_size_and_varies(size):
     assert any(not torch.equal(views[0], v) for v in views[1:])
     plain = load_dataset("builtin:shapes?n=2", "train", size=size, normalize="none")
     assert torch.equal(plain[0][0], plain[0][0])
+
+
+def _expected_box_mask(box, stored_hw, size):
+    """Nearest-neighbour sampling at pixel centres of the 1-based inclusive box."""
+    x1, y1, x2, y2 = box
+    rows = np.floor((np.arange(size[0]) + 0.5) * stored_hw[0] / size[0])
+    cols = np.floor((np.arange(size[1]) + 0.5) * stored_hw[1] / size[1])
+    return ((rows >= y1 - 1) & (rows <= y2 - 1))[:, None] & ((cols >= x1 - 1) & (cols <= x2 - 1))[None, :]
+
+
+def test_stanford_cars_boxes_become_object_masks(tmp_path):
+    from scipy.io import savemat
+
+    base = _write_stanford_cars(tmp_path)
+    fields = [(name, "O") for name in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
+    boxes = [(3, 4, 20, 12), (10, 1, 40, 30)]
+    rows = np.array([(*boxes[0], 3, "00001.jpg"), (*boxes[1], 1, "00002.jpg")], dtype=fields)
+    savemat(base / "devkit" / "cars_train_annos.mat", {"annotations": rows})
+    # the second image carries EXIF orientation 6: its box is in the stored frame, turned with the image
+    second = base / "cars_train" / "00002.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(second).save(second, exif=exif)
+
+    train = load_dataset(f"stanford-cars:{tmp_path}", "train", size=(48, 56))
+    assert train.has_masks
+    masks = train.masks([0, 1])
+    assert masks.shape == (2, 48, 56) and masks.dtype == bool
+    assert np.array_equal(masks[0], _expected_box_mask(boxes[0], (30, 40), (48, 56)))
+    # columns 10-40 of the stored 30 x 40 image become rows 10-40 of the turned 40 x 30 one
+    stored = _expected_box_mask(boxes[1], (30, 40), (30, 40))
+    turned = np.rot90(stored, -1)  # (40, 30), as exif_transpose turns orientation 6
+    rows_idx = np.floor((np.arange(48) + 0.5) * 40 / 48).astype(int)
+    cols_idx = np.floor((np.arange(56) + 0.5) * 30 / 56).astype(int)
+    assert np.array_equal(masks[1], turned[rows_idx][:, cols_idx])
+    assert masks[1].any() and not masks[1].all()
