@@ -462,13 +462,14 @@ def detect_errors(
 ) -> None:
     """Can CAMs tell when the model is wrong? CAM consistency vs softmax confidence as error detectors."""
     from camstat.detection import detect_errors as run_detect
-    from camstat.present.detection import table, verdict
+    from camstat.present.detection import tables, verdict
 
     with progress_bar("detect-errors") as update:
         result = run_detect(store, reference, method=method, layer=layer, metrics=metrics, folds=folds, seed=seed,
                             n_boot=bootstrap, progress=update)
     d = result.to_dict()
-    out.print(table(d))
+    for t in tables(d):
+        out.print(t)
     out.print(verdict(d), highlight=False, soft_wrap=True)
     write_json(json_path, d)
 

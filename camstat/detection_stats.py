@@ -89,8 +89,8 @@ __all__ = [
 #: the per-score metrics, in the order results list them
 CURVE_METRICS = ("auroc", "aupr_error", "fpr_at_95tpr", "aurc", "eaurc")
 
-# elements of one (replicates x images) weight block: bounds memory at ~ 50 MB per array
-_BLOCK_ELEMENTS = 1 << 22
+# elements of one (replicates x images) weight block: bounds memory at ~ 16 MB per array
+_BLOCK_ELEMENTS = 1 << 21
 
 
 def _check(score: Any, error: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +112,15 @@ def _check(score: Any, error: Any) -> tuple[np.ndarray, np.ndarray]:
 def _harmonic_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``H(a) - H(b)`` for non-negative (real) a, b, with H the harmonic numbers (H(x) = digamma(x+1) + gamma)."""
     return digamma(a + 1.0) - digamma(b + 1.0)
+
+
+def _harmonic(x: np.ndarray, integer: bool) -> np.ndarray:
+    """Harmonic numbers up to a constant: a table lookup for integer counts (bootstrap multiplicities), else digamma."""
+    if not integer:
+        return digamma(x + 1.0)
+    top = int(x.max()) if x.size else 0
+    table = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, top + 1))])
+    return table[x.astype(np.int64)]
 
 
 def curve_metrics(score: Any, error: Any, weights: np.ndarray | None = None, tpr: float = 0.95) -> dict[str, np.ndarray]:
@@ -146,21 +155,28 @@ def curve_metrics(score: Any, error: Any, weights: np.ndarray | None = None, tpr
     out["aupr_error"] = (err * prec).sum(axis=1) / p
     first = np.argmax(tp / p[:, None] >= tpr, axis=1)
     out["fpr_at_95tpr"] = np.take_along_axis(fp, first[:, None], axis=1)[:, 0] / nn
-    out["aurc"] = _aurc(err[:, ::-1], cor[:, ::-1])
     n = p + nn
+    out["aurc"] = _aurc(err, cor, tp, fp, n, integer=bool(np.all(w == np.round(w))))
     out["eaurc"] = out["aurc"] - (p - nn * _harmonic_diff(n, nn)) / n
     return out
 
 
-def _aurc(err: np.ndarray, cor: np.ndarray) -> np.ndarray:
-    """AURC from tie groups in accepting order (lowest score first), expectation over orders within ties."""
+def _aurc(err: np.ndarray, cor: np.ndarray, tp: np.ndarray, fp: np.ndarray, n: np.ndarray, integer: bool,
+          ) -> np.ndarray:
+    """AURC from the tie groups in decreasing score order (the accepting order is the reverse).
+
+    A group is accepted after every group of lower score: ``N_b = n - (TP + FP)``
+    and ``E_b = P - TP`` of the cumulative counts in decreasing order.
+    """
     size = err + cor
-    before_err = np.cumsum(err, axis=1) - err
-    before_n = np.cumsum(size, axis=1) - size
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(size > 0, err / size, 0.0)
-    group = size * r + (before_err - r * before_n) * _harmonic_diff(before_n + size, before_n)
-    return group.sum(axis=1) / size.sum(axis=1)
+    before_n = n[:, None] - (tp + fp)
+    before_err = tp[:, -1:] - tp
+    r = np.divide(err, size, out=np.zeros_like(err), where=size > 0)
+    # H(N_b + w) of a group is H(N_b) of the group above it (n for the top group): one pass
+    h = _harmonic(np.concatenate([n[:, None], before_n], axis=1), integer)
+    h_after, h = h[:, :-1], h[:, 1:]
+    group = err + (before_err - r * before_n) * (h_after - h)
+    return group.sum(axis=1) / n
 
 
 def auroc(score: Any, error: Any) -> float:

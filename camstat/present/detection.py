@@ -16,10 +16,11 @@ import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from camstat.detection_stats import risk_coverage  # noqa: E402
+from camstat.report import fmt_ci, fmt_fixed, fmt_p, p_phrase  # noqa: E402
 
-__all__ = ["risk_coverage_figure", "roc_figure", "table", "verdict"]
+__all__ = ["risk_coverage_figure", "roc_figure", "tables", "verdict"]
 
-NAMES = {"msp": "max softmax prob.", "logit_margin": "logit margin", "predictive_entropy": "predictive entropy",
+NAMES = {"msp": "max softmax probability", "logit_margin": "logit margin", "predictive_entropy": "predictive entropy",
          "combined": "baseline + CAM (out-of-fold)", "com": "com distance"}
 DPI = 110
 
@@ -28,36 +29,27 @@ def _name(key: str) -> str:
     return NAMES.get(key, key)
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def _ci(ci: list | None, digits: int = 3) -> str:
-    if not ci or ci[0] is None:
-        return ""
-    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def _p(p: float | None) -> str:
-    return "-" if p is None else ("< 1e-4" if p < 1e-4 else f"{p:.4f}")
-
-
-def table(d: dict) -> Table:
-    """Per score: AUROC [CI], AUPR, FPR@95%TPR, AURC, E-AURC, and the difference to the best baseline."""
-    t = Table(title=f"Error detection ({d['n_errors']} errors of {d['n']}; best baseline: {_name(d['best_baseline'])})")
-    for col in ("score", "AUROC [95% CI]", "AUPR err", "FPR@95TPR", "AURC", "E-AURC", "dAUROC vs baseline [CI]",
-                "p DeLong (Holm)"):
-        t.add_column(col, justify="left" if col == "score" else "right")
+def tables(d: dict) -> list[Table]:
+    """Two tables: each score's detection metrics, and each CAM score and the combined model vs the best baseline."""
+    base = _name(d["best_baseline"])
+    per = Table(title=f"Detecting errors: {d['n_errors']} errors of {d['n']} predictions")
+    for col in ("score", "AUROC", "95% CI", "AUPR err", "FPR@95TPR", "AURC", "E-AURC"):
+        per.add_column(col, justify="left" if col == "score" else "right", no_wrap=True)
     for key, row in d["scores"].items():
-        vs = d["versus_baseline"].get(key)
-        t.add_row(_name(key), f"{_num(row['auroc'])} {_ci(row['auroc_ci95'])}", _num(row["aupr_error"]),
-                  _num(row["fpr_at_95tpr"]), _num(row["aurc"], 4), _num(row["eaurc"], 4),
-                  f"{_delta(vs)}" if vs else "", f"{_p(vs['p_delong'])} ({_p(vs['p_delong_holm'])})" if vs else "")
-    return t
+        per.add_row(_name(key), fmt_fixed(row["auroc"], 3), fmt_ci(row["auroc_ci95"], 3),
+                    fmt_fixed(row["aupr_error"], 3), fmt_fixed(row["fpr_at_95tpr"], 3), fmt_fixed(row["aurc"], 4),
+                    fmt_fixed(row["eaurc"], 4))
+    vs = Table(title=f"Against the best baseline, {base} (highest AUROC on these data)")
+    for col in ("score", "dAUROC", "95% CI (paired bootstrap)", "p DeLong", "p Holm", "better"):
+        vs.add_column(col, justify="left" if col == "score" else "right", no_wrap=True)
+    for key, row in d["versus_baseline"].items():
+        vs.add_row(_name(key), fmt_fixed(row["delta_auroc"], 3, sign=True), fmt_ci(row["delta_auroc_ci95"], 3),
+                   fmt_p(row["p_delong"]), fmt_p(row["p_delong_holm"]), "yes" if row["better"] else "no")
+    return [per, vs]
 
 
 def _delta(vs: dict) -> str:
-    return f"{vs['delta_auroc']:+.3f} {_ci(vs['delta_auroc_ci95'])}"
+    return f"{fmt_fixed(vs['delta_auroc'], 3, sign=True)} {fmt_ci(vs['delta_auroc_ci95'], 3)}"
 
 
 def verdict(d: dict) -> str:
@@ -67,10 +59,10 @@ def verdict(d: dict) -> str:
     beats = [k for k, v in d["versus_baseline"].items() if k != "combined" and v["better"]]
     if d["cam_adds_to_baseline"]:
         first = (f"CAM consistency adds to the model's confidence: baseline + CAM scores detect errors better than "
-                 f"{base} alone (AUROC {_delta(comb)}, Holm-adjusted DeLong p {_p(comb['p_delong_holm'])})")
+                 f"{base} alone (AUROC {_delta(comb)}, Holm-adjusted DeLong {p_phrase(comb['p_delong_holm'])})")
     else:
         first = (f"CAM consistency does not add detectably to the model's confidence: baseline + CAM scores vs "
-                 f"{base} alone, AUROC {_delta(comb)}, Holm-adjusted DeLong p {_p(comb['p_delong_holm'])}")
+                 f"{base} alone, AUROC {_delta(comb)}, Holm-adjusted DeLong {p_phrase(comb['p_delong_holm'])}")
     second = (f"; {', '.join(_name(k) for k in beats)} alone beat{'s' if len(beats) == 1 else ''} {base}" if beats
               else f"; no CAM score alone beats {base}")
     return first + second + "."
@@ -103,7 +95,7 @@ def roc_figure(result, path: Path) -> Path:
     for key, style in _styles(result):
         fpr, tpr, _ = roc_curve(result.error, result.per_image[key])
         row = result.scores[key]
-        ax.plot(fpr, tpr, label=f"{_name(key)}: {_num(row['auroc'], 2)} {_ci(row['auroc_ci95'], 2)}", **style)
+        ax.plot(fpr, tpr, label=f"{_name(key)}: {fmt_fixed(row['auroc'])} {fmt_ci(row['auroc_ci95'])}", **style)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
     ax.set(xlabel="false-positive rate (correct predictions flagged)", ylabel="true-positive rate (errors caught)",
            xlim=(0, 1), ylim=(0, 1.01), title="Detecting misclassifications")
@@ -119,7 +111,7 @@ def risk_coverage_figure(result, path: Path) -> Path:
         coverage, risk = risk_coverage(result.per_image[key], result.error)
         row = result.scores[key]
         ax.step(np.r_[0.0, coverage], np.r_[risk[0], risk], where="post",
-                label=f"{_name(key)}: AURC {_num(row['aurc'], 4)}", **style)
+                label=f"{_name(key)}: AURC {fmt_fixed(row['aurc'], 4)}", **style)
     # the oracle accepts every correct image first; errors get distinct scores so its curve rises smoothly
     oracle = np.where(result.error, 1.0 + np.arange(result.error.size), 0.0)
     oracle_cov, oracle_risk = risk_coverage(oracle, result.error)
