@@ -59,7 +59,7 @@ from camstat.stats import adjust
 from camstat.store import Store, open_store
 
 __all__ = ["BASELINES", "CAM_METRICS", "DetectionResult", "cam_scores", "check_reference", "detect_errors",
-           "out_of_fold_scores", "softmax_scores"]
+           "out_of_fold_scores", "parse_cam_metrics", "softmax_scores"]
 
 #: the consistency family of SPEC 3: the CAM scores
 CAM_METRICS = tuple(name for name, m in metrics_mod.PER_IMAGE.items() if m.kind == "consistency")

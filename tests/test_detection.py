@@ -329,6 +329,7 @@ def test_figures(stores, tmp_path):
     ("layer", "no layer"),
     ("split", "same images"),
     ("val", "'val' split"),
+    ("metrics", "invalid --metrics"),
 ])
 def test_refusals_exit_2(stores, capsys, case, match):
     store, ref, extra = stores["test"], stores["train"], []
@@ -342,13 +343,15 @@ def test_refusals_exit_2(stores, capsys, case, match):
         extra = ["--method", "gradcam++"]  # the test store has it, the train store does not
     elif case == "layer":
         extra = ["--layer", "nope"]
+    elif case == "metrics":
+        extra = ["--metrics", "dist,entropy"]  # a concentration metric is no consistency score
     elif case == "split":
         ref = _copy_with(stores, "test_split.zarr", split="test")
     else:
         ref = _copy_with(stores, "val_split.zarr", split="val")
     with pytest.raises(CamstatError, match=match):
-        detect_errors(store, ref, method=(extra[1] if case == "method" else None),
-                      layer=(extra[1] if case == "layer" else None), **FAST)
+        options = {"--method": "method", "--layer": "layer", "--metrics": "metrics"}
+        detect_errors(store, ref, **{options[k]: v for k, v in zip(extra[::2], extra[1::2])}, **FAST)
     capsys.readouterr()
     assert main(["detect-errors", str(store), "--reference", str(ref), *extra]) == 2
     err = capsys.readouterr().err
