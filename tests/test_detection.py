@@ -313,12 +313,18 @@ def test_planted_confidence_only_cam_adds_nothing(stores):
 
 
 def test_figures(stores, tmp_path):
-    from camstat.present.detection import risk_coverage_figure, roc_figure, verdict
+    from camstat.present.detection import markdown_section, risk_coverage_figure, roc_figure, verdict
 
     res = detect_errors(stores["cam_test"], stores["cam_train"], **FAST)
     for fig in (roc_figure(res, tmp_path / "roc.png"), risk_coverage_figure(res, tmp_path / "rc.png")):
         assert fig.stat().st_size > 10_000
     assert verdict(res.to_dict()).startswith("CAM consistency adds")
+    lines = markdown_section(res, tmp_path / "report")
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith(("| score", "| ---"))]
+    assert len(rows) == len(res.scores)  # one row per score, every number from the result
+    assert f"{res.scores['dist']['auroc']:.3f}" in next(r for r in rows if r.startswith("| dist |"))
+    assert (tmp_path / "report" / "fig-detect-roc.png").exists()
+    assert (tmp_path / "report" / "fig-detect-risk-coverage.png").exists()
 
 
 @pytest.mark.parametrize("case, match", [

@@ -18,7 +18,7 @@ from rich.table import Table  # noqa: E402
 from camstat.detection_stats import risk_coverage  # noqa: E402
 from camstat.report import fmt_ci, fmt_fixed, fmt_p, p_phrase  # noqa: E402
 
-__all__ = ["risk_coverage_figure", "roc_figure", "tables", "verdict"]
+__all__ = ["markdown_section", "risk_coverage_figure", "roc_figure", "tables", "verdict"]
 
 NAMES = {"msp": "max softmax probability", "logit_margin": "logit margin", "predictive_entropy": "predictive entropy",
          "combined": "baseline + CAM (out-of-fold)", "com": "com distance"}
@@ -46,6 +46,10 @@ def tables(d: dict) -> list[Table]:
         vs.add_row(_name(key), fmt_fixed(row["delta_auroc"], 3, sign=True), fmt_ci(row["delta_auroc_ci95"], 3),
                    fmt_p(row["p_delong"]), fmt_p(row["p_delong_holm"]), "yes" if row["better"] else "no")
     return [per, vs]
+
+
+def _p_pair(vs: dict) -> str:
+    return f"{fmt_p(vs['p_delong'])} ({fmt_p(vs['p_delong_holm'])})"
 
 
 def _delta(vs: dict) -> str:
@@ -121,3 +125,25 @@ def risk_coverage_figure(result, path: Path) -> Path:
            title="Risk-coverage")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7)
     return _save(fig, path)
+
+
+def markdown_section(result, out: Path, slug: str = "detect") -> list[str]:
+    """The report's section: verdict, one Markdown table, and both figures written to ``out``."""
+    d = result.to_dict()
+    roc = roc_figure(result, Path(out) / f"fig-{slug}-roc.png")
+    rc = risk_coverage_figure(result, Path(out) / f"fig-{slug}-risk-coverage.png")
+    lines = ["## Can CAMs tell when the model is wrong?", "", verdict(d), "",
+             f"{d['n_errors']} errors of {d['n']} predictions; class means from {d['reference']['path']} "
+             f"({d['reference']['split']} split); best baseline {_name(d['best_baseline'])}, chosen by AUROC on "
+             "these data (optimistic for the baseline); combined model out-of-fold "
+             f"({d['folds']} stratified folds).", "",
+             "| score | AUROC [95% CI] | AUPR err | FPR@95TPR | AURC | E-AURC | dAUROC vs baseline [95% CI] | p DeLong "
+             "(Holm) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, row in d["scores"].items():
+        vs = d["versus_baseline"].get(key)
+        lines.append(f"| {_name(key)} | {fmt_fixed(row['auroc'], 3)} {fmt_ci(row['auroc_ci95'], 3)} | "
+                     f"{fmt_fixed(row['aupr_error'], 3)} | {fmt_fixed(row['fpr_at_95tpr'], 3)} | "
+                     f"{fmt_fixed(row['aurc'], 4)} | {fmt_fixed(row['eaurc'], 4)} | "
+                     f"{_delta(vs) if vs else ''} | "
+                     f"{_p_pair(vs) if vs else ''} |")
+    return lines + ["", f"![ROC]({roc.name})", "", f"![risk-coverage]({rc.name})", ""]
