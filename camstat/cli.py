@@ -449,6 +449,32 @@ def demo(
     write_json(json_path, result.to_dict())
 
 
+@app.command("detect-errors")
+def detect_errors(
+    store: Path = typer.Argument(..., help="A complete camstat store (e.g. the test split)."),
+    reference: Path = typer.Option(..., "--reference", help="The same model's train-split store: its correct maps give the class means."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of consistency metrics (default all): dist, ssim, iou, corr, com."),
+    folds: int = typer.Option(5, "--folds", help="Folds of the out-of-fold combined model (stratified, seeded)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the folds and the bootstrap."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Can CAMs tell when the model is wrong? CAM consistency vs softmax confidence as error detectors."""
+    from camstat.detection import detect_errors as run_detect
+    from camstat.present.detection import tables, verdict
+
+    with progress_bar("detect-errors") as update:
+        result = run_detect(store, reference, method=method, layer=layer, metrics=metrics, folds=folds, seed=seed,
+                            n_boot=bootstrap, progress=update)
+    d = result.to_dict()
+    for t in tables(d):
+        out.print(t)
+    out.print(verdict(d), highlight=False, soft_wrap=True)
+    write_json(json_path, d)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: one-line errors with exit code 2 unless ``--debug``."""
     args = list(sys.argv[1:] if argv is None else argv)
