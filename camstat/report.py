@@ -558,7 +558,7 @@ def classify_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path
 
 
 def _read_run(path: Path) -> dict:
-    from camstat.train import read_records
+    from camstat.runs import read_records
 
     try:
         info = json.loads((path / "run.json").read_text())
