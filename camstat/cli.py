@@ -316,6 +316,65 @@ def compare(
 
 
 @app.command()
+def sweep(
+    data: str = typer.Option(..., "--data", help="As for train-reg."),
+    out_dir: Path = typer.Option(..., "--out", help="Sweep folder: runs go to OUT/<arm>/s<seed>/ (rerun to resume)."),
+    model: str = typer.Option("camstat:resnet20", "--model", help="Architecture spec, trained from scratch."),
+    lambdas: str = typer.Option("0,0.2", "--lambda", help="Comma list of lambdas; 0 is the baseline arm."),
+    losses: str = typer.Option("mean", "--loss", help="Comma list of losses: mean, variance, spread, neg-variance, hybrid."),
+    cams: str = typer.Option("gradcam", "--cam", help="Comma list: gradcam, gradcam++."),
+    seeds: str = typer.Option("0-4", "--seeds", help="Seeds, e.g. 0-4 or 0,1,2 (the unit of replication)."),
+    means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (class means) for every run."),
+    jobs: int = typer.Option(1, "--jobs", help="Train N runs at a time in local processes (1: in this process)."),
+    emit: Optional[str] = typer.Option(None, "--emit", help="slurm (array, one task per run) or torchrun: write OUT/sweep.slurm or OUT/sweep-torchrun.sh instead of training."),
+    hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms of --loss hybrid."),
+    schedule: str = typer.Option("constant", "--schedule", help="constant, linear or curriculum."),
+    layer: str = typer.Option("auto", "--layer", help="Target layer."),
+    epochs: int = typer.Option(200, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    size: Optional[int] = typer.Option(None, "--size"),
+    normalize: Optional[str] = typer.Option(None, "--normalize"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="val or test (default: val when the data has one)."),
+    workers: int = typer.Option(0, "--workers"),
+    device: str = DeviceOpt,
+    amp: bool = typer.Option(False, "--amp"),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """H2: train every arm (lambda x loss x cam) x seed; skips complete runs, resumes interrupted ones."""
+    from camstat.sweep import parse_list, parse_seeds
+    from camstat.sweep import sweep as run_sweep
+    from camstat.training.config import TrainConfig
+
+    base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid, schedule=schedule,
+                       layer=layer, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
+                       size=size, normalize=normalize, limit=limit, eval_limit=eval_limit, eval_split=eval_split,
+                       workers=workers, device=device, amp=amp)
+
+    def on_run(row: dict) -> None:
+        error = f" ({row['error']})" if row.get("error") else ""
+        console.print(f"{row['arm']} seed {row['seed']}: {row['status']}{error}", highlight=False, soft_wrap=True)
+
+    result = run_sweep(base, lambdas=parse_list(lambdas, "--lambda", float), losses=parse_list(losses, "--loss"),
+                       cams=parse_list(cams, "--cam"), seeds=parse_seeds(seeds), out=out_dir, jobs=jobs, emit=emit,
+                       on_run=on_run)
+    if result.script:
+        out.print(f"{result.script}: {len(result.runs)} runs", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"{result.out}: " + ", ".join(f"{n} {k}" for k, n in result.counts.items()) +
+                  f" ({result.seconds:.0f} s); compare with: camstat compare {result.out}", highlight=False,
+                  soft_wrap=True)
+    write_json(json_path, result.to_dict())
+    if result.counts.get("failed"):
+        raise CamstatError(f"{result.counts['failed']} run(s) failed (see above, or {result.out}/logs with --jobs);"
+                           " fix the cause and rerun the sweep: it resumes")
+
+
+@app.command()
 def consistency(
     store: Path = typer.Argument(..., help="A complete camstat store."),
     by: str = typer.Option("correct", "--by", help="correct (H1 tests per class and pooled), class (group-level consistency per class) or cluster (k-means composition clusters; H1 tests within clusters)."),

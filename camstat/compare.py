@@ -222,11 +222,10 @@ class SweepComparison:
     """Every arm of a sweep folder compared with its lambda-0 arm."""
 
     root: str
-    baseline: str
-    comparisons: list[CompareResult]
+    comparisons: list[CompareResult]  # each: an arm (first) against the lambda-0 arm of its cam
 
     def to_dict(self) -> dict:
-        return {"sweep": self.root, "baseline": self.baseline, "comparisons": [c.to_dict() for c in self.comparisons]}
+        return {"sweep": self.root, "comparisons": [c.to_dict() for c in self.comparisons]}
 
 
 def compare_sweep(root: str | Path, *, means: str | Path | None = None) -> SweepComparison:
@@ -237,11 +236,13 @@ def compare_sweep(root: str | Path, *, means: str | Path | None = None) -> Sweep
     arms: dict[tuple, list[Path]] = {}
     for path in paths:
         arms.setdefault(arm_key(read_info(path)), []).append(path)
-    base = next((k for k in arms if k[0] == 0), None)
-    if base is None:
+    bases = {k[3]: k for k in arms if k[0] == 0}  # a baseline per cam: the cam makes the maps measured
+    others = sorted((k for k in arms if k[0] > 0), key=lambda k: (k[0], k[1:]))
+    if not bases:
         raise CamstatError(f"{root} has no lambda-0 arm to compare with; add --lambda 0 to the sweep")
-    others = sorted((k for k in arms if k != base), key=lambda k: (k[0], k[1:]))
     if not others:
-        raise CamstatError(f"{root} holds only the lambda-0 arm; nothing to compare it with")
-    return SweepComparison(str(root), arm_name(base),
-                           [compare_runs(arms[k], arms[base], means=means) for k in others])
+        raise CamstatError(f"{root} holds only lambda-0 arms; nothing to compare them with")
+    missing = sorted({k[3] for k in others} - set(bases))
+    if missing:
+        raise CamstatError(f"{root} has no lambda-0 arm with --cam {missing[0]}; add it to the sweep")
+    return SweepComparison(str(root), [compare_runs(arms[k], arms[bases[k[3]]], means=means) for k in others])

@@ -55,12 +55,13 @@ def is_complete(run: str | Path, info: dict | None = None) -> bool:
 def arm_key(info: dict) -> tuple:
     """An arm's identity from ``run.json``: (lambda, loss, schedule, cam, hybrid terms).
 
-    At lambda 0 the CAM term is off, so loss, schedule, cam and hybrid do not
-    matter: every lambda-0 run is of the one baseline arm.
+    At lambda 0 the CAM term is off, so loss, schedule and hybrid do not
+    matter; the cam does (it makes the held-out maps that are measured), so a
+    baseline is one arm per cam.
     """
     lam = float(info.get("lambda") or 0.0)
     if lam == 0:
-        return (0.0, "", "", "", ())
+        return (0.0, "", "", str(info.get("cam") or DEFAULT_CAM), ())
     loss = str(info.get("loss", ""))
     hybrid = (info.get("resolved") or {}).get("hybrid") if loss == "hybrid" else None
     return (lam, loss, str(info.get("schedule") or DEFAULT_SCHEDULE), str(info.get("cam") or DEFAULT_CAM),
@@ -71,7 +72,7 @@ def arm_name(key: tuple) -> str:
     """``lambda=0``, ``lambda=0.2 mean``, ``lambda=0.2 mean gradcam++ curriculum``, ... (defaults left out)."""
     lam, loss, schedule, cam, hybrid = key
     if lam == 0:
-        return "lambda=0"
+        return "lambda=0" + ("" if cam == DEFAULT_CAM else f" {cam}")
     parts = [f"lambda={lam:g}", loss + ("(" + ",".join(f"{k}={w:g}" for k, w in hybrid) + ")" if hybrid else "")]
     parts += [v for v, default in ((cam, DEFAULT_CAM), (schedule, DEFAULT_SCHEDULE)) if v != default]
     return " ".join(parts)

@@ -1,4 +1,4 @@
-"""H2 comparison of train-reg runs (per-arm summaries, paired tests by seed, McNemar) and the digits pipeline."""
+"""H2 comparison of train-reg runs (seed-level summaries and paired tests, descriptive McNemar), the digits pipeline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from camstat import stats
 from camstat.cli import main
 from camstat.compare import compare_runs
 from camstat.errors import CamstatError
-from camstat.train import TrainConfig, read_records, train
+from camstat.runs import read_records
+from camstat.training.config import TrainConfig
+from camstat.training.train import train
 
 TINY = dict(model="camstat:smallcnn", data="builtin:digits", limit=256, eval_limit=60, batch_size=16, epochs=3,
             lr=0.1, device="cpu")
@@ -39,6 +41,8 @@ def heldout(run):
 
 
 def test_compare_runs_numbers(arms):
+    from camstat import metrics
+
     root, base, reg = arms
     result = compare_runs(reg, base)
     d = result.to_dict()
@@ -49,24 +53,36 @@ def test_compare_runs_numbers(arms):
     for name in (a, b):
         arm = d["arms"][name]
         assert arm["seeds"] == [0, 1]
-        assert set(arm) >= {"runs", "accuracy", "dist", "ssim"}
+        assert set(arm) >= {"runs", "accuracy", "dist", "ssim", "entropy", "spread"}
         expected = stats.summarize(acc[name]).to_dict()
         assert arm["accuracy"]["mean"] == pytest.approx(expected["mean"])
         assert arm["accuracy"]["ci95"] == pytest.approx(expected["ci95"], nan_ok=True)
-        # consistency is the run's own (leave-one-out) class means by default, as recorded at its last epoch
+        # consistency and concentration on the images the run gets right, to its own leave-one-out class means
         runs = reg if name == a else base
-        assert arm["dist"]["values"] == pytest.approx([read_records(r)[-1]["dist_self"] for r in runs])
-        assert arm["ssim"]["values"] == pytest.approx([read_records(r)[-1]["ssim_self"] for r in runs])
+        ok = [heldout(r)["correct"] for r in runs]
+        assert arm["dist"]["values"] == pytest.approx([np.nanmean(heldout(r)["dist_self"][c]) for r, c in zip(runs, ok)])
+        assert arm["ssim"]["values"] == pytest.approx([np.nanmean(heldout(r)["ssim_self"][c]) for r, c in zip(runs, ok)])
+        assert arm["entropy"]["values"] == pytest.approx(
+            [metrics.entropy(heldout(r)["maps"][c]).mean() for r, c in zip(runs, ok)])
+        assert arm["spread"]["values"] == pytest.approx(
+            [metrics.spread(heldout(r)["maps"][c]).mean() for r, c in zip(runs, ok)])
     paired = stats.paired_test(acc[a], acc[b]).to_dict()
     assert d["paired"]["accuracy"]["mean_diff"] == pytest.approx(paired["mean_diff"])
+    assert d["paired"]["accuracy"]["ci95"] == pytest.approx(paired["ci95"])
+    # two seeds: 4 sign patterns, |d1 + d2| is reached by 2 of them unless a difference is 0
+    assert d["paired"]["accuracy"]["p_signflip"] in (0.5, 1.0)
+    assert d["paired"]["accuracy"]["p_wilcoxon"] is None  # fewer than 6 pairs
     assert d["paired"]["difference"] == f"{a} - {b}"
     assert [p["seed"] for p in d["paired"]["pairs"]] == [0, 1]
     for row, r, s in zip(d["mcnemar"]["per_pair"], reg, base):
         expected = stats.mcnemar_exact(heldout(r)["correct"], heldout(s)["correct"]).to_dict()
         assert {k: row[k] for k in ("b", "c", "p_value")} == pytest.approx(expected)
-    pooled = d["mcnemar"]["pooled"]
-    assert pooled["pairs"] == 2
-    assert pooled["b"] == sum(row["b"] for row in d["mcnemar"]["per_pair"])
+    assert d["mcnemar"]["descriptive"] is True and d["mcnemar"]["pooled"] is None
+    for name, runs in ((a, reg), (b, base)):  # the run-to-run scale: the same statistic within an arm
+        (row,) = d["mcnemar"]["within_arm"][name]
+        expected = stats.mcnemar_exact(heldout(runs[0])["correct"], heldout(runs[1])["correct"]).to_dict()
+        assert (row["seed_a"], row["seed_b"]) == (0, 1)
+        assert {k: row[k] for k in ("b", "c", "p_value")} == pytest.approx(expected)
 
 
 def test_pairs_by_seed_not_by_position(arms):
@@ -77,7 +93,7 @@ def test_pairs_by_seed_not_by_position(arms):
     assert two["paired"]["accuracy"]["mean_diff"] == pytest.approx(one["paired"]["accuracy"]["mean_diff"])
     lone = compare_runs(reg[:1], base).to_dict()
     assert [p["seed"] for p in lone["paired"]["pairs"]] == [0] and lone["mcnemar"]["pooled"] is None
-    assert any("without a partner" in n for n in lone["notes"])
+    assert lone["unpaired_seeds"] == [1]
 
 
 def test_compare_cli_json_and_table(arms, tmp_path, capsys):
@@ -85,7 +101,7 @@ def test_compare_cli_json_and_table(arms, tmp_path, capsys):
     path = tmp_path / "cmp.json"
     assert main(["compare", *reg, "--vs", *base, "--names", "reg,base", "--json", str(path)]) == 0
     shown = capsys.readouterr().out
-    assert "McNemar, seed 0" in shown and "accuracy" in shown
+    assert "McNemar" in shown and "descriptive" in shown and "accuracy" in shown
     d = json.loads(path.read_text())
     assert list(d["arms"]) == ["reg", "base"]
     assert d["runs"] == [*reg, *base]

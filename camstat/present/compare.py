@@ -34,7 +34,7 @@ def arms_table(d: dict) -> Table:
 def paired_table(d: dict) -> Table:
     p = d["paired"]
     table = Table(title=f"paired by seed ({len(p['pairs'])} pairs): {p['difference']} (the H2 test)")
-    for col in ("metric", "mean diff", "95% t CI", "p (sign-flip, exact)", "p (t-test)", "p (Wilcoxon)"):
+    for col in ("metric", "mean diff", "95% t CI", "p sign-flip", "p t-test", "p Wilcoxon"):
         table.add_column(col, justify="right")
     for m, label in METRIC_LABELS.items():
         r = p.get(m) or {}
@@ -78,7 +78,7 @@ def render(d: dict) -> list:
 
 def render_sweep(d: dict) -> list:
     """Every comparison of ``camstat compare runs/NAME``, each arm against the lambda-0 arm."""
-    items: list = [f"{d['sweep']}: {len(d['comparisons'])} arm(s) against {d['baseline']}"]
+    items: list = [f"{d['sweep']}: {len(d['comparisons'])} arm(s), each against the lambda-0 arm"]
     for c in d["comparisons"]:
         items += render(c)
     return items
