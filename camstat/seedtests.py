@@ -68,6 +68,8 @@ def sign_flip_test(d: Any, *, n_resamples: int = 100_000, seed: int = 0) -> Sign
     n = int(d.size)
     if n == 0:
         return SignFlipResult(float("nan"), 0, True)
+    if n == 1:  # both signs give |d|: scipy needs two observations, the answer is 1
+        return SignFlipResult(1.0, 1, True)
     exact = n <= MAX_EXACT
     res = scipy.stats.permutation_test(
         (d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples", vectorized=True,

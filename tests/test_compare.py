@@ -180,3 +180,67 @@ def test_digits_end_to_end(tmp_path, capsys):
         assert t[-1] < t[0]
     assert len(d["mcnemar"]["per_pair"]) == 2
     assert seconds < 120
+
+
+# -- the seed-level statistics -------------------------------------------------------------------------
+
+
+def enumerate_sign_flips(d: np.ndarray) -> float:
+    """Two-sided p by listing every sign pattern: #{s : |sum s_i d_i| >= |sum d_i|} / 2^n."""
+    import itertools
+
+    observed = abs(d.sum())
+    sums = [abs(np.dot(s, d)) for s in itertools.product((-1.0, 1.0), repeat=len(d))]
+    return float(np.mean(np.asarray(sums) >= observed - 1e-12 * max(1.0, np.abs(d).sum())))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 9, 12])
+def test_sign_flip_p_equals_exhaustive_enumeration(n):
+    from camstat.seedtests import sign_flip_test
+
+    rng = np.random.default_rng(n)
+    cases = [rng.normal(0.3, 1.0, n), rng.normal(0, 1, n), np.round(rng.normal(0, 1, n), 1),  # ties in |d|
+             np.r_[np.zeros(n - 1), 0.5] if n > 1 else np.array([0.5])]
+    for d in cases:
+        res = sign_flip_test(d)
+        assert res.exact and res.n == n
+        assert res.p_value == pytest.approx(enumerate_sign_flips(d), abs=1e-12), d
+    assert sign_flip_test(np.full(6, 0.01)).p_value == pytest.approx(2 / 2**6)  # the smallest p with 6 seeds
+
+
+def test_sign_flip_false_positive_rate_under_the_null():
+    """10 seed pairs, differences symmetric about 0 but heavy-tailed and of unequal spread per seed.
+
+    600 replicates (seeded): the SD of the FPR estimate is ~0.009 at 0.05 and ~0.012 at 0.10, so an FPR of 0.10
+    would fall outside [0.03, 0.07] with probability > 0.99.
+    """
+    from camstat.seedtests import sign_flip_test
+
+    rng = np.random.default_rng(2026)
+    scales = np.linspace(0.5, 2.0, 10)
+    d = rng.standard_t(3, size=(600, 10)) * scales
+    fpr = np.mean([sign_flip_test(row).p_value <= 0.05 for row in d])
+    assert 0.03 <= fpr <= 0.07, fpr
+    # and it has power: a shift of about one average SD is found most of the time
+    power = np.mean([sign_flip_test(row + 2.0).p_value <= 0.05 for row in d[:150]])
+    assert power > 0.5, power
+
+
+def test_t_intervals_equal_scipy():
+    import scipy.stats
+
+    from camstat.seedtests import compare_seeds
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(0.8, 0.02, 7), rng.normal(0.79, 0.02, 7)
+    s = stats.summarize(a)
+    lo, hi = scipy.stats.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=scipy.stats.sem(a))
+    assert s.ci95 == pytest.approx((lo, hi), rel=1e-12)
+    c = compare_seeds(a, b)
+    ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert c.ci95 == pytest.approx((ci.low, ci.high), rel=1e-12)
+    d = a - b
+    assert c.ci95 == pytest.approx(scipy.stats.t.interval(0.95, 6, loc=d.mean(), scale=scipy.stats.sem(d)), rel=1e-12)
+    assert c.p_wilcoxon == pytest.approx(scipy.stats.wilcoxon(a, b).pvalue)  # 7 pairs: Wilcoxon is given
+    assert c.p_signflip == pytest.approx(enumerate_sign_flips(d))
+    assert compare_seeds(a[:5], b[:5]).p_wilcoxon is None  # under 6 pairs it cannot reach 0.05
