@@ -125,7 +125,7 @@ def emit_script(runs: list[SweepRun], out: Path, kind: str) -> Path:
         text = ("#!/bin/bash\n# Every run with torchrun (NPROC processes each, default 1), one after another;"
                 " rerunning resumes.\n" f"set -euo pipefail\n{lines}\n")
     else:
-        raise CamstatError(f"unknown --emit {kind!r}; choose from {', '.join(EMITS)}")
+        raise ValueError(f"unknown script kind {kind!r}")
     path.write_text(text)
     path.chmod(0o755)
     return path
@@ -153,8 +153,6 @@ def _train_process(run: SweepRun, logs: Path) -> dict:
 def run_grid(runs: list[SweepRun], out: Path, jobs: int = 1,
              on_run: Callable[[dict], None] | None = None) -> list[dict]:
     """Train the runs not yet complete (here for ``jobs == 1``, else in ``jobs`` processes)."""
-    if jobs < 1:
-        raise CamstatError("--jobs must be at least 1")
 
     def one(run: SweepRun) -> dict:
         row = {"arm": run.arm, "seed": run.seed, "path": str(run.path)}
@@ -176,6 +174,10 @@ def sweep(base: TrainConfig, *, lambdas: Sequence[float], losses: Sequence[str],
           seeds: Sequence[int], out: str | Path, jobs: int = 1, emit: str | None = None,
           on_run: Callable[[dict], None] | None = None) -> SweepResult:
     """Train (or, with ``emit``, script) the grid; see the module docstring."""
+    if emit is not None and emit not in EMITS:
+        raise CamstatError(f"unknown --emit {emit!r}; choose from {', '.join(EMITS)}")
+    if jobs < 1:
+        raise CamstatError("--jobs must be at least 1")
     start = time.perf_counter()
     out = Path(out)
     runs = grid(base, lambdas=lambdas, losses=losses, cams=cams, seeds=seeds, out=out)
