@@ -22,7 +22,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 import camstat
 from camstat.cli import main
 from camstat.data import load_dataset
-from camstat.errors import CamstatError
+from camstat.errors import CamstatError, command_line_spelling
 from camstat.extract import extract
 
 # A model file as a user would write one; SLOW makes every forward take a while,
@@ -222,7 +222,9 @@ def test_shard_numbering_and_invalid_shard(tmp_path):
     assert [c for r in parts for c in r] == list(range(16))
     assert parse_shard("0/1") == (0, 1)
     for bad in ("2/2", "1", "a/b", "-1/2", "1/0"):
-        with pytest.raises(CamstatError, match="--shard"):
+        with pytest.raises(CamstatError, match="invalid shard"):  # named as extract()'s argument in Python
+            parse_shard(bad)
+        with command_line_spelling(), pytest.raises(CamstatError, match="invalid --shard"):
             parse_shard(bad)
 
 
