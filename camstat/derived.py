@@ -128,9 +128,11 @@ def _write_group(tmp: Path, params: dict, arrays: Mapping[str, np.ndarray], attr
     with zarr.config.set(write_config()):
         for key, value in arrays.items():
             value = np.asarray(value)
+            if value.ndim == 0:
+                raise ValueError(f"derived array {key!r} is a scalar; keep scalars in the attributes")
             head, _, leaf = key.rpartition("/")
             parent = group.require_group(head) if head else group
-            first = (max(1, min(chunk, value.shape[0])),) if value.ndim else ()
+            first = (max(1, min(chunk, value.shape[0])),)
             names = dims.get(key) or tuple("sample" if i == 0 and value.shape[0] == n else f"{leaf}_{i}"
                                            for i in range(value.ndim))
             array = parent.create_array(leaf, shape=value.shape, chunks=first + value.shape[1:], dtype=value.dtype,
@@ -175,6 +177,7 @@ def write_derived(store: str | Path, name: str, params: dict, arrays: Mapping[st
             locks.lock(reader_byte, blocking=True)
             _put_in_place(tmp, dst)
             locks.unlock(reader_byte)
+            shutil.rmtree(tmp, ignore_errors=True)  # the old result: gone before the hierarchy is listed
             consolidate(store)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # the old result, or our unfinished one after an error

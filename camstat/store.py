@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Mapping, Sequence
@@ -71,9 +72,12 @@ def _is_store(path: Path) -> bool:
 
 
 def _is_ours(path: Path) -> bool:
-    """A folder a camstat writer made: a store, one whose creation was cut short, or one of an older camstat."""
+    """A folder a camstat writer made: a store, one whose creation was cut short or whose root metadata was
+    damaged (it holds our ``samples/done`` array), or a store of an older camstat (its lock file inside)."""
+    path = Path(path)
     attributes = _root_attributes(path) or {}
-    return "camstat_schema" in attributes or CREATING in attributes or (Path(path) / LEGACY_LOCK).is_file()
+    return ("camstat_schema" in attributes or CREATING in attributes or (path / LEGACY_LOCK).is_file()
+            or (path / "samples" / "done" / "zarr.json").is_file())
 
 
 def _holds_chunks(path: Path) -> bool:
@@ -299,7 +303,9 @@ class Store:
             done = self.done
         except CamstatError:  # a damaged done array is reported below, like any other
             done = np.zeros(self.n, bool)
-        arrays = [node for _, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+        with warnings.catch_warnings():  # a store of an older camstat holds its lock file inside
+            warnings.filterwarnings("ignore", message=f"Object at {LEGACY_LOCK} is not recognized")
+            arrays = [node for _, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
         bad: list[BadChunk] = []
         for array in arrays:
             # Which chunk files must exist (checksummed arrays are written with every chunk): all of a derived

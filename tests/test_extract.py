@@ -55,11 +55,11 @@ def model_file(tmp_path_factory) -> Path:
 
 
 def store_bytes(path: Path) -> dict[str, bytes]:
-    """Every array chunk and array/group metadata file except the root's provenance."""
+    """Every array chunk and array/group metadata file except the root's provenance (and consolidated metadata)."""
     out = {}
     for f in sorted(Path(path).rglob("*")):
         rel = f.relative_to(path).as_posix()
-        if f.is_file() and rel not in ("zarr.json", "camstat.lock"):
+        if f.is_file() and rel != "zarr.json":
             out[rel] = f.read_bytes()
     return out
 

@@ -117,6 +117,7 @@ def test_derived_results_round_trip_and_match_parameters(fresh):
     doc = json.loads((fresh / "zarr.json").read_text())
     assert "derived/a/b/iou" in doc["consolidated_metadata"]["metadata"]  # kept current after the write
     assert "derived/a/b/dist" not in doc["consolidated_metadata"]["metadata"]
+    assert not any(".tmp" in key for key in doc["consolidated_metadata"]["metadata"])  # no temporary listed
     assert s.verify().ok
     with pytest.raises(CamstatError, match="invalid derived result name"):
         s.write_derived("../x", {}, {})
