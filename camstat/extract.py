@@ -40,6 +40,7 @@ class ExtractResult:
     store: str
     processed: int
     complete: bool
+    owned_chunks: int  # chunks this process (shard) owns; 0: a shard with nothing to do
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,7 +186,7 @@ def extract(
     return ExtractResult(
         n=len(dataset), accuracy=accuracy, methods=method_list, layers=layers, seconds=seconds,
         images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
-        processed=processed, complete=bool(done.all()),
+        processed=processed, complete=bool(done.all()), owned_chunks=len(chunks),
     )
 
 
