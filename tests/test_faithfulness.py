@@ -74,6 +74,10 @@ def test_imputation_equals_pytorch_grad_cam_including_borders_and_ties():
             ref = cls(p, NoisyLinearImputer(noise=0))(img, torch.from_numpy(cam)).numpy()
             mine = impute(img.numpy(), keep_masks(cam[None], p, most_first)[0])
             np.testing.assert_allclose(mine, ref, atol=1e-6, rtol=0)
+    wide = torch.from_numpy(rng.standard_normal((3, 5, 120)).astype(np.float32))  # band > BANDED_MAX: SuperLU
+    wide_cam = rng.random((5, 120)).astype(np.float32)
+    ref = RemoveMostRelevantFirst(20, NoisyLinearImputer(noise=0))(wide, torch.from_numpy(wide_cam)).numpy()
+    np.testing.assert_allclose(impute(wide.numpy(), keep_masks(wide_cam[None], 20, True)[0]), ref, atol=1e-6, rtol=0)
     flat = np.full((11, 14), 0.5, np.float32)  # nothing kept: every pixel tied at the threshold
     ref = RemoveMostRelevantFirst(50, NoisyLinearImputer(noise=0))(img, torch.from_numpy(flat)).numpy()
     np.testing.assert_array_equal(impute(img.numpy(), keep_masks(flat[None], 50, True)[0]), ref)
