@@ -144,6 +144,8 @@ def store_model(store: Store, checkpoint: str | Path | None = None) -> torch.nn.
     path = checkpoint or a.get("checkpoint")
     if expected and not path:
         raise CamstatError(f"store {store.path} records no checkpoint path; pass --checkpoint PATH")
+    if path is not None and not expected:
+        raise CamstatError(f"store {store.path} was extracted without a checkpoint (random weights); drop --checkpoint")
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
@@ -292,7 +294,7 @@ class _Job:
 
     store: Store
     net: torch.nn.Module
-    dataset: object
+    dataset: torch.utils.data.Dataset
     methods: list[str]
     layer: str
     positions: np.ndarray
@@ -373,6 +375,14 @@ def _prepare(s: Store, methods, layer, limit, percentiles, road_noise, seed, dev
     params = {"methods": method_list, "layer": layer, "limit": limit, "percentiles": pct,
               "road_noise": float(road_noise), "seed": seed, "checkpoint_sha256": s.attrs.get("checkpoint_sha256")}
     return _Job(s, net, dataset, method_list, layer, positions, pct, float(road_noise), seed, means, params)
+
+
+def saved_result(store: str | Path | Store, layer: str | None = None) -> dict | None:
+    """The result dict of the last ``camstat faithfulness`` run on ``store`` (None if never scored):
+    what ``camstat report`` and ``camstat compare`` show."""
+    s = store if isinstance(store, Store) else Store(store)
+    name = f"derived/faithfulness/{layer or s.layers[0]}/pred"
+    return dict(s.root[name].attrs)["result"] if name in s.root else None
 
 
 def faithfulness(

@@ -165,8 +165,9 @@ def road_scores(model: torch.nn.Module, images: torch.Tensor, maps: np.ndarray, 
 
     ``images`` (N, C, H, W) are the model's (normalised) inputs, ``maps`` (N, K, H, W) K maps per
     image in [0, 1], ``classes`` (N,) the explained class, ``seeds[i][k]`` the noise seed of image i,
-    map k (needed when ``noise`` > 0). The imputations run as N x K x 2 tasks on ``jobs`` processes. Each entry is ``s(x~) - s(x)``; average over the last axis
-    for pytorch-grad-cam's ``ROAD*Average``, and ``(LeRF - MoRF) / 2`` is ``ROADCombined``.
+    map k (needed when ``noise`` > 0). The imputations run as N x K x 2 tasks on ``jobs`` processes.
+    Each entry is ``s(x~) - s(x)``; average over the last axis for pytorch-grad-cam's
+    ``ROAD*Average``, and ``(LeRF - MoRF) / 2`` is ``ROADCombined``.
     """
     from joblib import Parallel, delayed
 

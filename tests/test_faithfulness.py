@@ -20,8 +20,9 @@ from camstat import models
 from camstat.cli import main
 from camstat.data import load_dataset
 from camstat.extract import extract
-from camstat.faithfulness import faithfulness, paired_delta, store_images, store_model
+from camstat.faithfulness import faithfulness, paired_delta, saved_result, store_images, store_model
 from camstat.present.faithfulness import curves_figure
+from camstat.records import jsonable
 from camstat.road import impute, keep_masks, road_scores
 from camstat.store import Store
 
@@ -133,6 +134,7 @@ def test_seeded_and_resumable(trained, tmp_path):
     for d in (whole, resumed):
         d.pop("seconds"), d.pop("images_per_second")
     assert resumed == whole
+    assert saved_result(store)["methods"] == jsonable(whole["methods"])
     np.testing.assert_array_equal(Store(store).root["derived/faithfulness/features/pred/morf"][:], first)
     other = faithfulness(store, seed=4, **kw)
     assert other.methods["gradcam"]["road_combined_mean"] != whole["methods"]["gradcam"]["road_combined_mean"]
@@ -185,6 +187,22 @@ def test_checkpoint_hash_mismatch_exits_2(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: checkpoint") and "SHA-256" in err and len(err.strip().splitlines()) == 1
     assert not zarr.open_group(str(store), mode="r").get("derived/faithfulness/features/pred/other")
+
+
+def test_cli_json_has_the_spec_keys(trained, tmp_path, capsys):
+    _, _, store = trained
+    out = tmp_path / "f.json"
+    assert main(["faithfulness", str(store), "--method", "gradcam", "--limit", "4", "--percentiles", "30,70",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    import json
+
+    d = json.loads(out.read_text())
+    assert d["n"] == 4 and d["percentiles"] == [30, 70] and d["road_noise"] == 0.01
+    r = d["methods"]["gradcam"]
+    assert {"road_combined_mean", "road_combined_ci95", "road_morf_mean", "road_lerf_mean"} <= set(r)
+    for base in ("random", "class_mean"):
+        assert {"delta", "delta_ci95", "p_value"} <= set(r["versus"][base])
+    assert "Grad-CAM" in capsys.readouterr().out
 
 
 def test_bad_percentiles_exit_2(trained, capsys):
