@@ -421,9 +421,9 @@ def faithfulness(
     for j, m in enumerate(job.methods):  # undefined where the class had no correct image to average
         missing = ~np.isfinite(job.means[m][samples["pred"][positions]].reshape(n, -1)).all(axis=1)
         morf[missing, 2 + 2 * j] = lerf[missing, 2 + 2 * j] = np.nan
-    rng = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(b"faithfulness-bootstrap")]))
     per_method = {m: _summary(morf[:, [1 + 2 * j, 0, 2 + 2 * j]], lerf[:, [1 + 2 * j, 0, 2 + 2 * j]], correct,
-                              rng, n_boot) for j, m in enumerate(job.methods)}
+                              np.random.default_rng(_seed(seed, 0, f"bootstrap:{m}")), n_boot)
+                  for j, m in enumerate(job.methods)}  # a bootstrap stream per method: independent of the others
     result = FaithfulnessResult(
         n=n, n_correct=int(correct.sum()), percentiles=job.percentiles, road_noise=job.road_noise, seed=seed,
         layer=job.layer, target="pred", methods=per_method, store=str(s.path), derived=None, seconds=seconds,
