@@ -534,6 +534,37 @@ def verify(
         raise CamstatError(f"{len(result.bad)} damaged chunk(s) in {store}; extract the store again (--overwrite)")
 
 
+
+
+@app.command()
+def faithfulness(
+    store: Path = typer.Argument(..., help="A complete camstat store (its model and images are rebuilt from it)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Comma list of the store's methods (default: all)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score a seeded, class-balanced subset of N images."),
+    percentiles: str = typer.Option("10,20,30,40,50,60,70,80,90", "--percentiles", help="ROAD percentiles (pytorch-grad-cam's: p removes 100 - p % of the pixels)."),
+    road_noise: float = typer.Option(0.01, "--road-noise", help="Noise added to imputed pixels (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the random maps, the imputation noise, --limit and the bootstrap."),
+    jobs: int = typer.Option(1, "--jobs", help="Processes for the imputation solves."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The store's checkpoint at another path (its SHA-256 must match)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per model call."),
+    device: str = DeviceOpt,
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Are the maps faithful to the model? ROAD MoRF/LeRF vs random and class-mean maps (resumable)."""
+    from camstat.faithfulness import faithfulness as run_faithfulness
+    from camstat.present.faithfulness import render
+
+    with progress_bar("faithfulness") as update:
+        result = run_faithfulness(store, methods=method, layer=layer, limit=limit, percentiles=percentiles,
+                                  road_noise=road_noise, seed=seed, jobs=jobs, device=device, batch_size=batch_size,
+                                  checkpoint=checkpoint, progress=update)
+    d = result.to_dict()
+    for item in render(d):
+        out.print(item)
+    write_json(json_path, d)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: one-line errors with exit code 2 unless ``--debug``."""
     args = list(sys.argv[1:] if argv is None else argv)
