@@ -56,26 +56,34 @@ __all__ = [
     "AUCResult",
     "ClassRow",
     "ClassTest",
+    "ConfidenceAdjusted",
     "H1MetricResult",
     "H1Result",
     "LogisticResult",
+    "MarginalAUC",
     "McNemarResult",
     "PairedResult",
     "PermutationResult",
     "PooledResult",
+    "Record",
     "Summary",
+    "WithinClassAUC",
     "adjust",
     "auc_test",
     "class_test",
     "cliffs_delta",
+    "confidence_adjusted_test",
+    "confidence_covariates",
     "h1_analysis",
     "h1_metric",
     "logistic_test",
+    "marginal_auc",
     "mcnemar_exact",
     "paired_test",
     "permuted_control",
     "stratified_permutation_test",
     "summarize",
+    "within_class_auc",
 ]
 
 _NAN = float("nan")
@@ -96,15 +104,15 @@ def _key(name: str) -> str:
     return "class" if name == "class_" else name
 
 
-class _Record:
-    """Mixin: ``to_dict()`` for frozen dataclass records."""
+class Record:
+    """Mixin: ``to_dict()`` (JSON-ready, field ``class_`` as key ``class``) for frozen dataclass records."""
 
     def to_dict(self) -> dict[str, Any]:
         return {_key(f.name): jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
-class ClassTest(_Record):
+class ClassTest(Record):
     """Correct vs incorrect within one group (see :func:`class_test`)."""
 
     n_correct: int
@@ -118,7 +126,7 @@ class ClassTest(_Record):
 
 
 @dataclass(frozen=True)
-class PermutationResult(_Record):
+class PermutationResult(Record):
     """Stratified permutation test (see :func:`stratified_permutation_test`).
 
     ``statistic`` is the pooled within-stratum Cliff's delta (van Elteren
@@ -132,7 +140,7 @@ class PermutationResult(_Record):
 
 
 @dataclass(frozen=True)
-class LogisticResult(_Record):
+class LogisticResult(Record):
     """Logistic model ``correct ~ z(metric) + C(class) [+ logit(conf)]``."""
 
     odds_ratio_per_sd: float
@@ -144,7 +152,7 @@ class LogisticResult(_Record):
 
 
 @dataclass(frozen=True)
-class AUCResult(_Record):
+class AUCResult(Record):
     """AUC of the metric (as given) for predicting correctness."""
 
     auc: float
@@ -156,7 +164,7 @@ class AUCResult(_Record):
 
 
 @dataclass(frozen=True)
-class ClassRow(_Record):
+class ClassRow(Record):
     """One per-class H1 row; ``to_dict()`` has exactly the SPEC 4 keys."""
 
     class_: str
@@ -171,7 +179,7 @@ class ClassRow(_Record):
 
 
 @dataclass(frozen=True)
-class PooledResult(_Record):
+class PooledResult(Record):
     """Pooled H1 tests for one metric (SPEC 4 keys first, then extras)."""
 
     p_permutation: float
@@ -194,7 +202,7 @@ class PooledResult(_Record):
 
 
 @dataclass(frozen=True)
-class H1MetricResult(_Record):
+class H1MetricResult(Record):
     """H1 for one metric: per-class rows, skipped classes, pooled tests.
 
     ``skipped`` holds ``(class name, reason)`` pairs (JSON: 2-element lists).
@@ -206,7 +214,7 @@ class H1MetricResult(_Record):
 
 
 @dataclass(frozen=True)
-class H1Result(_Record):
+class H1Result(Record):
     """H1 for every metric; p-values adjusted jointly over classes x metrics."""
 
     metrics: dict[str, H1MetricResult]
@@ -219,7 +227,7 @@ class H1Result(_Record):
 
 
 @dataclass(frozen=True)
-class Summary(_Record):
+class Summary(Record):
     """Mean, sample SD (ddof=1) and t-based 95 % CI of the mean."""
 
     mean: float
@@ -229,7 +237,7 @@ class Summary(_Record):
 
 
 @dataclass(frozen=True)
-class PairedResult(_Record):
+class PairedResult(Record):
     """Paired comparison of a and b (differences a - b)."""
 
     mean_diff: float
@@ -241,7 +249,7 @@ class PairedResult(_Record):
 
 
 @dataclass(frozen=True)
-class McNemarResult(_Record):
+class McNemarResult(Record):
     """Exact McNemar test; b = a right & b wrong, c = a wrong & b right."""
 
     b: int
@@ -425,11 +433,32 @@ def _delta_with_ci(
         jack.append((S - t) / (n * (m - 1)))
     else:
         jack.append(np.empty(0))
+    if np.ptp(boot_S) == 0:
+        return delta, _degenerate_ci(delta, min(n, m)), boot
     # BCa on the integer scale S = n m delta, so ties between bootstrap
     # values and the observed value are exact in the bias correction; the
     # acceleration is scale-free, so delta-scale jackknife values are fine.
     lo, hi = _bca_ci(S, boot_S.astype(float), jack)
     return delta, (lo / nm, hi / nm), boot
+
+
+def _degenerate_ci(delta: float, k: int, level: float = 0.95) -> tuple[float, float]:
+    """CI of a Cliff's delta whose bootstrap distribution is a single value.
+
+    Complete separation (delta = +-1) keeps every resample separated, so a
+    bootstrap interval would be the point [1, 1]. The rule used instead is
+    an exact Clopper-Pearson-type bound: if each of the ``k`` members of the
+    smaller group independently beat (or lose to) the other group with
+    probability A = P(X > Y), complete separation has probability A^k, and
+    the one-sided bound is the A at which that is (1 - level) / 2:
+    A_lo = ((1 - level) / 2)^(1/k), i.e. delta in [2 A_lo - 1, 1] (mirrored
+    for delta = -1). Any other single-valued bootstrap (a constant metric,
+    sd 0) has no interval: NaN, never a zero-width CI.
+    """
+    if abs(delta) != 1.0 or k < 1:
+        return _NAN_CI
+    bound = 2.0 * ((1 - level) / 2) ** (1.0 / k) - 1.0
+    return (bound, 1.0) if delta > 0 else (-1.0, -bound)
 
 
 # --------------------------------------------------------------------------
@@ -764,6 +793,282 @@ def auc_test(
             if n_boot > 0:
                 within_ci = _percentile_ci(np.mean(boots, axis=0))
     return AUCResult(auc, ci, within, n, within_ci, k)
+
+
+@dataclass(frozen=True)
+class WithinClassAUC(Record):
+    """Within-class AUC in H1's orientation (see :func:`within_class_auc`).
+
+    ``separated`` flags complete separation in every class (the CI is then
+    the exact bound of :func:`_degenerate_ci`, not a bootstrap interval).
+    """
+
+    auc_within_class: float
+    auc_within_class_ci95: tuple[float, float]
+    n: int
+    n_classes: int
+    separated: bool = False
+
+
+@dataclass(frozen=True)
+class MarginalAUC(Record):
+    """AUC over all images, ignoring classes (see :func:`marginal_auc`)."""
+
+    auc_marginal: float
+    auc_marginal_ci95: tuple[float, float]
+    n: int
+    separated: bool = False
+
+
+def _oriented(values: Any, correct: Any, higher_is_more_consistent: bool) -> tuple[np.ndarray, np.ndarray]:
+    v = _as_values(values, "values")
+    y = _as_bool(correct, "correct", v.size)
+    return (v if higher_is_more_consistent else -v), y
+
+
+def _within_class_jackknife(
+    cells: list[tuple[np.ndarray, np.ndarray, int]], inv: np.ndarray, num: float, W: float
+) -> list[np.ndarray]:
+    """Leave-one-out pooled deltas, one array per sample (class x outcome).
+
+    Removing one image of class s changes S_s by its dominance count and the
+    van Elteren weight n_c n_i / (n_s + 1) to that of the smaller sample, as
+    ``scipy.stats.bootstrap``'s multi-sample jackknife recomputes it.
+    """
+    out = []
+    for (s, t, S), w in zip(cells, inv):
+        nc, ni = s.size, t.size
+        ns = nc + ni
+        rest_num, rest_den = num - S * w, W - nc * ni * w
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append((rest_num + (S - s) / ns) / (rest_den + (nc - 1) * ni / ns))
+            out.append((rest_num + (S - t) / ns) / (rest_den + nc * (ni - 1) / ns))
+    return out
+
+
+def within_class_auc(
+    values: Any,
+    correct: Any,
+    classes: Any,
+    *,
+    higher_is_more_consistent: bool = True,
+    n_boot: int = 2000,
+    seed: int | np.random.SeedSequence = 0,
+) -> WithinClassAUC:
+    """Within-class AUC: P(a correct image is more consistent than an incorrect one of its class).
+
+    With d_s the Cliff's delta of correct vs incorrect images in class s (the
+    metric oriented so that larger = more consistent) and van Elteren (1960)
+    weights w_s = n_cs n_is / (n_s + 1),
+
+        AUC_w = (1 + delta_w) / 2,   delta_w = sum_s w_s d_s / sum_s w_s,
+
+    i.e. the pooled delta of :func:`stratified_permutation_test` in H1's
+    orientation, put on the AUC scale (Hanley & McNeil 1982). Classes with
+    only one outcome carry no within-class comparison and are left out.
+    Unlike the marginal AUC it cannot be moved by differences between
+    classes (class accuracy tied to the metric's level).
+
+    CI: BCa bootstrap (Efron & Tibshirani 1993, ch. 14) resampling every
+    class x outcome cell separately, so the weights stay fixed (the scheme
+    of ``scipy.stats.bootstrap`` with one sample per cell); complete
+    separation in every class gives the exact bound of :func:`_degenerate_ci`
+    with k = sum_s min(n_cs, n_is); a bootstrap with a single value
+    otherwise (constant metric) gives NaN. SPEC 4 keys ``auc_within_class``,
+    ``auc_within_class_ci95``.
+    """
+    score, y = _oriented(values, correct, higher_is_more_consistent)
+    _same_length(score.size, classes=classes)
+    _, codes = np.unique(np.asarray(classes).ravel(), return_inverse=True)
+    codes = codes.ravel()
+    groups = []
+    for k in range(codes.max() + 1 if codes.size else 0):
+        m = codes == k
+        if 0 < y[m].sum() < m.sum():
+            groups.append((score[m & y], score[m & ~y]))
+    n = int(score.size)
+    if not groups:
+        return WithinClassAUC(_NAN, _NAN_CI, n, 0)
+    cells = []
+    for x, z in groups:
+        s, t = _dominance(x, z)
+        cells.append((s, t, int(s.sum())))
+    sizes = np.array([(x.size, z.size) for x, z in groups])
+    inv = 1.0 / (sizes.sum(axis=1) + 1)
+    W = float(np.sum(sizes[:, 0] * sizes[:, 1] * inv))
+    S_obs = np.array([S for _, _, S in cells], dtype=np.int64)
+    separated = bool(np.all(np.abs(S_obs) == sizes[:, 0] * sizes[:, 1]) and abs(np.sign(S_obs).sum()) == len(cells))
+    if n_boot <= 0:
+        delta = float(np.sum(S_obs * inv) / W)
+        return WithinClassAUC((1 + delta) / 2, _NAN_CI, n, len(cells), separated)
+    rngs = [np.random.default_rng(c) for c in _seed_seq(seed, "auc-within-class").spawn(len(cells))]
+    boot_S = np.column_stack([_bootstrap_dominance(x, z, int(n_boot), r) for (x, z), r in zip(groups, rngs)])
+    # observed and bootstrap values through the same row sums, so that equal
+    # integer counts give bit-equal deltas (exact ties in the BCa bias correction)
+    vals = (np.vstack([S_obs[None, :], boot_S]) * inv).sum(axis=1) / W
+    delta, boot = float(vals[0]), vals[1:]
+    if separated:
+        delta = float(np.sign(S_obs[0]))
+        ci = _degenerate_ci(delta, int(sizes.min(axis=1).sum()))
+    elif np.ptp(boot) == 0:
+        ci = _NAN_CI
+    else:
+        ci = _bca_ci(delta, boot, _within_class_jackknife(cells, inv, delta * W, W))
+    return WithinClassAUC((1 + delta) / 2, ((1 + ci[0]) / 2, (1 + ci[1]) / 2), n, len(cells), separated)
+
+
+def marginal_auc(
+    values: Any,
+    correct: Any,
+    *,
+    higher_is_more_consistent: bool = True,
+    n_boot: int = 2000,
+    seed: int | np.random.SeedSequence = 0,
+) -> MarginalAUC:
+    """AUC over all images, classes ignored: (1 + delta) / 2 (Hanley & McNeil 1982).
+
+    It mixes differences *between* classes into the comparison (an accurate
+    class whose maps are all more consistent moves it even when, within
+    every class, correctness is unrelated to the metric), so it is only ever
+    reported labelled "marginal"; :func:`within_class_auc` is the headline.
+    Orientation: > 0.5 means correct images are more consistent. CI: BCa,
+    correct and incorrect images resampled separately (as :func:`class_test`),
+    with the same degenerate-case rules. SPEC 4 keys ``auc_marginal``,
+    ``auc_marginal_ci95``.
+    """
+    score, y = _oriented(values, correct, higher_is_more_consistent)
+    n = int(score.size)
+    if y.all() or not y.any():
+        return MarginalAUC(_NAN, _NAN_CI, n)
+    rng = np.random.default_rng(_seed_seq(seed, "auc-marginal"))
+    delta, ci, _ = _delta_with_ci(score[y], score[~y], int(n_boot), rng)
+    return MarginalAUC((1 + delta) / 2, ((1 + ci[0]) / 2, (1 + ci[1]) / 2), n, abs(delta) == 1.0)
+
+
+@dataclass(frozen=True)
+class ConfidenceAdjusted(Record):
+    """Metric's odds ratio given flexible confidence (see :func:`confidence_adjusted_test`).
+
+    ``sd`` is the SD the odds ratio is per, of kind ``sd_kind``
+    (``"pooled_within_class"``).
+    """
+
+    odds_ratio_per_sd_given_confidence: float
+    odds_ratio_ci95_given_confidence: tuple[float, float]
+    p_lrt_given_confidence: float
+    sd: float
+    sd_kind: str
+    spline_df: int
+    n: int
+    dropped_strata: tuple[str, ...] = ()
+    note: str | None = None
+
+
+def confidence_covariates(logits: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Log-odds of the predicted class and the top-1 minus top-2 logit margin.
+
+    With logits z and top class t, p_t = softmax(z)_t and
+    log(p_t / (1 - p_t)) = z_t - logsumexp_{j != t} z_j, computed that way
+    (no probability is formed, so nothing is clipped: confidences of
+    1 - 1e-12 keep their distinct log-odds). Returns two (N,) arrays.
+    """
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=float)
+    if z.ndim != 2 or z.shape[1] < 2 or not np.isfinite(z).all():
+        raise ValueError(f"logits must be a finite (N, K >= 2) array, got shape {z.shape}")
+    order = np.argsort(z, axis=1)
+    top = np.take_along_axis(z, order[:, -1:], axis=1)[:, 0]
+    second = np.take_along_axis(z, order[:, -2:-1], axis=1)[:, 0]
+    others = z.copy()
+    np.put_along_axis(others, order[:, -1:], -np.inf, axis=1)
+    return top - logsumexp(others, axis=1), top - second
+
+
+def _pooled_within_sd(v: np.ndarray, codes: np.ndarray) -> float:
+    """sqrt(sum_s sum_i (v_i - mean_s)^2 / (n - K)): the metric's SD within classes."""
+    k = np.unique(codes).size
+    if v.size <= k:
+        return _NAN
+    means = np.bincount(codes, weights=v) / np.maximum(np.bincount(codes), 1)
+    return float(np.sqrt(np.sum((v - means[codes]) ** 2) / (v.size - k)))
+
+
+def _confidence_design(logits: np.ndarray, df: int) -> np.ndarray:
+    """Natural cubic spline (patsy ``cr``, centred) of the log-odds, plus the margin.
+
+    With two classes the margin equals the log-odds and is left out.
+    """
+    import patsy
+
+    log_odds, margin = confidence_covariates(logits)
+    spline = np.asarray(patsy.dmatrix(f"cr(x, df={int(df)}, constraints='center') - 1", {"x": log_odds}))
+    return spline if logits.shape[1] == 2 else np.column_stack([spline, margin])
+
+
+def confidence_adjusted_test(
+    values: Any,
+    correct: Any,
+    classes: Any,
+    logits: Any,
+    *,
+    higher_is_more_consistent: bool = True,
+    spline_df: int = 4,
+) -> ConfidenceAdjusted:
+    """Does the metric add to confidence? ``correct ~ z + C(class) + ns(log-odds, df) + margin``.
+
+    Logistic model (statsmodels ``Logit``, Newton) with the metric z
+    standardised by its pooled within-class SD (sqrt of the within-class
+    sum of squares / (n - K)), so the odds ratio exp(beta_z) is per SD of
+    the metric *within* a class (between-class spread excluded; oriented so
+    that > 1 means more consistent -> more often correct). Confidence enters
+    flexibly: a natural cubic regression spline (``patsy.cr``, ``spline_df``
+    df, knots at quantiles) of the predicted class's log-odds and the top-1
+    minus top-2 logit margin, both from the stored logits
+    (:func:`confidence_covariates`). 95 % Wald CI; ``p_lrt`` is the
+    likelihood-ratio test (chi2, 1 df) against the same model without z.
+    A straight line in logit(confidence) is not enough: with
+    P(correct) = conf^4 a noisy copy of confidence "adds" to it in ~28 % of
+    null data sets (issue 10); this form is calibrated in the suite.
+    Classes with a single outcome are dropped (as :func:`logistic_test`).
+    SPEC 4 keys ``odds_ratio_per_sd_given_confidence``,
+    ``odds_ratio_ci95_given_confidence``, ``p_lrt_given_confidence``.
+    """
+    score, y = _oriented(values, correct, higher_is_more_consistent)
+    z_logits = np.asarray(logits, dtype=float)
+    if z_logits.ndim != 2 or z_logits.shape[0] != score.size:
+        raise ValueError(f"logits must have shape ({score.size}, K), got {z_logits.shape}")
+    _same_length(score.size, classes=classes)
+    labels, codes = np.unique(np.asarray(classes).ravel(), return_inverse=True)
+    codes = codes.ravel()
+    single = [k for k in range(labels.size) if y[codes == k].all() or not y[codes == k].any()]
+    keep = ~np.isin(codes, single)
+    dropped = tuple(str(labels[k]) for k in single)
+    n = int(keep.sum())
+
+    def fail(msg: str, sd: float = _NAN) -> ConfidenceAdjusted:
+        return ConfidenceAdjusted(_NAN, _NAN_CI, _NAN, sd, "pooled_within_class", int(spline_df), n, dropped, msg)
+
+    if n == 0:
+        return fail("no class has both correct and incorrect images")
+    v, yk, ck = score[keep], y[keep].astype(float), np.unique(codes[keep], return_inverse=True)[1].ravel()
+    sd = _pooled_within_sd(v, ck)
+    if not np.isfinite(sd) or sd == 0:
+        return fail("metric is constant within classes: odds ratio undefined", sd)
+    dummies = (ck[:, None] == np.arange(1, ck.max() + 1)[None, :]).astype(float)
+    X0 = np.column_stack([np.ones(n), dummies, _confidence_design(z_logits[keep], spline_df)])
+    X1 = np.column_stack([X0[:, :1], (v - v.mean()) / sd, X0[:, 1:]])
+    full, problem = _fit_logit(yk, X1)
+    reduced, problem0 = _fit_logit(yk, X0) if full is not None else (None, None)
+    if problem or problem0:
+        return fail(problem or f"reduced model: {problem0}", sd)
+    ci = np.exp(np.asarray(full.conf_int(0.05))[1])
+    p = float(scipy.stats.chi2.sf(max(0.0, 2.0 * (full.llf - reduced.llf)), 1))
+    note = f"dropped {len(dropped)} single-outcome classes" if dropped else None
+    return ConfidenceAdjusted(
+        float(np.exp(full.params[1])), (float(ci[0]), float(ci[1])), p, sd, "pooled_within_class",
+        int(spline_df), n, dropped, note,
+    )
 
 
 def permuted_control(classes: Any, correct: Any, seed: int = 0) -> np.ndarray:
