@@ -39,6 +39,7 @@ Lehmann, E. L. (1975). Nonparametrics: Statistical Methods Based on Ranks,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,10 +158,26 @@ def shuffle_within_class(correct: Any, classes: Any, repeats: int, rng: np.rando
     return out
 
 
-def _reference_metrics(x: np.ndarray, cls: np.ndarray, u: np.ndarray, names: list[str], q: float) -> dict:
+class _Classes:
+    """Per-class image indices and flattened maps, to sum any labelling's correct maps by one product per class."""
+
+    def __init__(self, x: np.ndarray, cls: np.ndarray) -> None:
+        self.n_classes = int(cls.max()) + 1
+        self.index = [np.flatnonzero(cls == k) for k in range(self.n_classes)]
+        flat = x.reshape(x.shape[0], -1)
+        self.blocks = [flat[i] for i in self.index]
+
+    def sums(self, u: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """What :func:`camstat.metrics.class_sums` returns for ``include=u``."""
+        sums = np.stack([u[i].astype(np.float64) @ b for i, b in zip(self.index, self.blocks)])
+        counts = np.array([np.count_nonzero(u[i]) for i in self.index], dtype=np.int64)
+        return sums.reshape(self.n_classes, *shape), counts
+
+
+def _reference_metrics(x: np.ndarray, cls: np.ndarray, groups: _Classes, u: np.ndarray, names: list[str],
+                       q: float) -> dict[str, np.ndarray]:
     """Reference-based metrics of every image for one labelling ``u``, references rebuilt."""
-    n_classes = int(cls.max()) + 1
-    sums, counts = metrics.class_sums(x, cls, u, n_classes)
+    sums, counts = groups.sums(u, x.shape[1:])
     out = {name: np.empty(x.shape[0]) for name in names}
     step = max(1, _CHUNK_PIXELS // int(np.prod(x.shape[1:])))
     for a in range(0, x.shape[0], step):
@@ -180,6 +197,7 @@ def null_pipeline(
     alpha: float = 0.05,
     seed: int = 0,
     q: float = metrics.DEFAULT_Q,
+    workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> NullPipelineResult:
     """Run the reference-building, metric and pooled-test pipeline ``repeats`` times under the null.
@@ -187,8 +205,10 @@ def null_pipeline(
     ``maps`` (N, H, W) analysis maps, ``correct`` (N,) bool, ``classes``
     (N,) int class indices (the class whose correct maps form the
     reference). Every shuffle comes from one seeded generator, so the same
-    inputs and ``seed`` give the same result. ``progress(r)`` is called
-    after each repeat. Cost: ``repeats`` x (one pass of the reference-based
+    inputs and ``seed`` give the same result (whatever ``workers``, the
+    number of threads sharing the repeats; default
+    :func:`camstat.metrics.default_threads`). ``progress(r)`` is called
+    after each repeat (from a worker thread). Cost: ``repeats`` x (one pass of the reference-based
     metrics over all images); reference-free metrics and the tests are
     vectorised across repeats.
     """
@@ -209,12 +229,19 @@ def null_pipeline(
     by_ref = [m.name for m in infos if m.needs_reference]
     for nm in by_ref:
         values[nm] = np.empty(labels.shape)
-    for r in range(int(repeats)):
-        if by_ref:
-            for nm, v in _reference_metrics(x, cls, labels[r], by_ref, q).items():
-                values[nm][r] = v
+    groups = _Classes(x, cls)
+
+    def one(r: int) -> None:
+        for nm, v in _reference_metrics(x, cls, groups, labels[r], by_ref, q).items():
+            values[nm][r] = v
         if progress is not None:
             progress(r)
+
+    if by_ref:
+        # repeats are independent and numpy releases the GIL in the heavy
+        # loops, so threads share the work without copying the maps
+        with ThreadPoolExecutor(max(1, int(workers or metrics.default_threads()))) as pool:
+            list(pool.map(one, range(int(repeats))))
     out = {}
     for m in infos:
         res = van_elteren_test(values[m.name], labels, cls)

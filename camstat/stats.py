@@ -67,6 +67,7 @@ __all__ = [
     "PooledResult",
     "Record",
     "Summary",
+    "Verdict",
     "WithinClassAUC",
     "adjust",
     "auc_test",
@@ -76,11 +77,13 @@ __all__ = [
     "confidence_covariates",
     "h1_analysis",
     "h1_metric",
+    "h1_verdicts",
     "logistic_test",
     "marginal_auc",
     "mcnemar_exact",
     "paired_test",
     "permuted_control",
+    "secondary_adjusted",
     "stratified_permutation_test",
     "summarize",
     "within_class_auc",
@@ -434,7 +437,7 @@ def _delta_with_ci(
     else:
         jack.append(np.empty(0))
     if np.ptp(boot_S) == 0:
-        return delta, _degenerate_ci(delta, min(n, m)), boot
+        return delta, _degenerate_ci(delta, n, m), boot
     # BCa on the integer scale S = n m delta, so ties between bootstrap
     # values and the observed value are exact in the bias correction; the
     # acceleration is scale-free, so delta-scale jackknife values are fine.
@@ -442,22 +445,44 @@ def _delta_with_ci(
     return delta, (lo / nm, hi / nm), boot
 
 
-def _degenerate_ci(delta: float, k: int, level: float = 0.95) -> tuple[float, float]:
+def _degenerate_ci(delta: float, n_x: Any, n_y: Any, level: float = 0.95) -> tuple[float, float]:
     """CI of a Cliff's delta whose bootstrap distribution is a single value.
 
     Complete separation (delta = +-1) keeps every resample separated, so a
     bootstrap interval would be the point [1, 1]. The rule used instead is
-    an exact Clopper-Pearson-type bound: if each of the ``k`` members of the
-    smaller group independently beat (or lose to) the other group with
-    probability A = P(X > Y), complete separation has probability A^k, and
-    the one-sided bound is the A at which that is (1 - level) / 2:
-    A_lo = ((1 - level) / 2)^(1/k), i.e. delta in [2 A_lo - 1, 1] (mirrored
-    for delta = -1). Any other single-valued bootstrap (a constant metric,
-    sd 0) has no interval: NaN, never a zero-width CI.
+    Newcombe's (2006) score-type interval for theta = P(X > Y) (his method
+    5): the bound is the theta < 1 at which the observed theta = 1 lies z
+    standard errors away, with the Hanley & McNeil (1982) variance
+
+        V(theta) = theta (1 - theta) [1 + (N* - 1) ((1 - theta) / (2 - theta)
+                   + theta / (1 + theta))] / (n m),   N* = (n + m) / 2 - 1,
+
+    pooled over classes as sum_s w_s^2 V_s / (sum_s w_s)^2 with the van
+    Elteren weights w_s = n_s m_s / (n_s + m_s + 1) (one class: the plain
+    formula). delta's interval is [2 theta_lo - 1, 1] (mirrored for -1).
+    Any other single-valued bootstrap (a constant metric, sd 0) has no
+    interval: NaN, never a zero-width CI.
+
+    Newcombe, R. G. (2006). Confidence intervals for an effect size measure
+    based on the Mann-Whitney statistic. Part 2: asymptotic methods and
+    evaluation. Statistics in Medicine 25, 559-573.
     """
-    if abs(delta) != 1.0 or k < 1:
+    if abs(delta) != 1.0:
         return _NAN_CI
-    bound = 2.0 * ((1 - level) / 2) ** (1.0 / k) - 1.0
+    from scipy.optimize import brentq
+
+    n = np.atleast_1d(np.asarray(n_x, dtype=float))
+    m = np.atleast_1d(np.asarray(n_y, dtype=float))
+    w = n * m / (n + m + 1)
+    n_star = (n + m) / 2 - 1
+    z = ndtri(1 - (1 - level) / 2)
+
+    def gap(theta: float) -> float:
+        # sqrt(1 - theta) - z SE(theta) / sqrt(1 - theta): the root below 1
+        v = theta * (1 + (n_star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta))) / (n * m)
+        return math.sqrt(1 - theta) - z * math.sqrt(np.sum(w**2 * v)) / np.sum(w)
+
+    bound = 2.0 * brentq(gap, 0.0, 1.0 - 1e-12) - 1.0
     return (bound, 1.0) if delta > 0 else (-1.0, -bound)
 
 
@@ -497,7 +522,8 @@ def class_test(
     continuity correction); ``u`` is U of the correct group. Effect size
     Cliff's delta with a BCa bootstrap 95 % CI (each group resampled
     separately, ``n_boot`` resamples from a seeded generator; percentile
-    interval where BCa is undefined, e.g. delta = +-1).
+    interval where BCa is undefined; at delta = +-1 Newcombe's score bound,
+    see :func:`_degenerate_ci`; NaN for a constant metric).
 
     Raises ValueError for an empty group or NaN values.
     """
@@ -800,7 +826,7 @@ class WithinClassAUC(Record):
     """Within-class AUC in H1's orientation (see :func:`within_class_auc`).
 
     ``separated`` flags complete separation in every class (the CI is then
-    the exact bound of :func:`_degenerate_ci`, not a bootstrap interval).
+    the score bound of :func:`_degenerate_ci`, not a bootstrap interval).
     """
 
     auc_within_class: float
@@ -872,8 +898,8 @@ def within_class_auc(
     CI: BCa bootstrap (Efron & Tibshirani 1993, ch. 14) resampling every
     class x outcome cell separately, so the weights stay fixed (the scheme
     of ``scipy.stats.bootstrap`` with one sample per cell); complete
-    separation in every class gives the exact bound of :func:`_degenerate_ci`
-    with k = sum_s min(n_cs, n_is); a bootstrap with a single value
+    separation in every class gives Newcombe's (2006) score bound pooled
+    over classes (:func:`_degenerate_ci`); a bootstrap with a single value
     otherwise (constant metric) gives NaN. SPEC 4 keys ``auc_within_class``,
     ``auc_within_class_ci95``.
     """
@@ -909,7 +935,7 @@ def within_class_auc(
     delta, boot = float(vals[0]), vals[1:]
     if separated:
         delta = float(np.sign(S_obs[0]))
-        ci = _degenerate_ci(delta, int(sizes.min(axis=1).sum()))
+        ci = _degenerate_ci(delta, sizes[:, 0], sizes[:, 1])
     elif np.ptp(boot) == 0:
         ci = _NAN_CI
     else:
@@ -1071,6 +1097,67 @@ def confidence_adjusted_test(
     )
 
 
+@dataclass(frozen=True)
+class Verdict(Record):
+    """SPEC 4 ``verdict`` of one primary analysis (a method x layer x target)."""
+
+    primary: str
+    supported: bool
+    p_adjusted: float
+    auc_within_class: float
+    auc_within_class_ci95: tuple[float, float]
+    significant: bool
+    auc_ci_above_half: bool
+
+
+def h1_verdicts(
+    primary: str,
+    p_permutation: Any,
+    auc_within_class: Any,
+    auc_within_class_ci95: Any,
+    *,
+    alpha: float = 0.05,
+    correction: str = "holm",
+) -> tuple[Verdict, ...]:
+    """H1 verdicts from the primary metric, one per analysis (SPEC 4 ``verdict``).
+
+    ``p_permutation`` (A,): the primary metric's pooled permutation p in
+    each of the A primary analyses of the command (methods x layers x
+    targets); ``auc_within_class`` (A,) and ``auc_within_class_ci95`` (A, 2)
+    from :func:`within_class_auc` (H1's orientation: > 0.5 = correct images
+    more consistent). The p-values are adjusted across the A analyses
+    (:func:`adjust`, Holm 1979 by default), and
+
+        supported = p_adjusted < alpha  and  CI lower bound > 0.5,
+
+    so neither a significant but tiny effect in the wrong direction nor a
+    wide CI supports H1. NaN inputs give ``supported = False``.
+    """
+    p = np.atleast_1d(np.asarray(p_permutation, dtype=float))
+    auc = np.atleast_1d(np.asarray(auc_within_class, dtype=float))
+    ci = np.asarray(auc_within_class_ci95, dtype=float).reshape(-1, 2)
+    if not (p.shape == auc.shape == ci.shape[:1]):
+        raise ValueError(f"one p, AUC and CI per analysis needed, got {p.size}, {auc.size}, {ci.shape[0]}")
+    p_adj = adjust(p, correction)
+    out = []
+    for pa, a, (lo, hi) in zip(p_adj, auc, ci):
+        sig, above = bool(pa < alpha), bool(lo > 0.5)  # NaN compares False
+        out.append(Verdict(str(primary), sig and above, float(pa), float(a), (float(lo), float(hi)), sig, above))
+    return tuple(out)
+
+
+def secondary_adjusted(p_permutation: Mapping[str, float], correction: str = "holm") -> dict[str, float]:
+    """Pooled p of the secondary (non-primary consistency) metrics, adjusted across themselves.
+
+    ``{metric: p}`` -> ``{metric: p_adjusted}`` (:func:`adjust`; NaN stays
+    NaN and is not counted in the family). Concentration metrics are a
+    separate question and do not belong in this family.
+    """
+    names = list(p_permutation)
+    adj = adjust(np.array([p_permutation[k] for k in names], dtype=float), correction)
+    return {k: float(v) for k, v in zip(names, adj)}
+
+
 def permuted_control(classes: Any, correct: Any, seed: int = 0) -> np.ndarray:
     """Correctness labels shuffled within each class (the permuted control).
 
@@ -1115,6 +1202,98 @@ def _class_codes(classes: Any, class_names: Sequence[str]) -> np.ndarray:
     return np.array([lookup[str(c)] for c in cls], dtype=np.int64)
 
 
+def _skip_reason(n_all: tuple[int, int], n_kept: tuple[int, int], min_group: int) -> str | None:
+    """Why a class is skipped, or None. An empty group is the reason itself
+    ("n_correct=0"), not the NaN rows it leaves behind (a class without
+    correct images has no reference, so all its values are NaN)."""
+    labels = ("n_correct", "n_incorrect")
+    empty = [f"{lab}=0" for lab, k in zip(labels, n_all) if k == 0]
+    if empty:
+        return "; ".join(empty)
+    small = [f"{lab}={k} < min_group={min_group}" for lab, k in zip(labels, n_kept) if k < min_group]
+    return "; ".join(small) or None
+
+
+def _class_rows(
+    v: np.ndarray, c: np.ndarray, codes: np.ndarray, n_all: np.ndarray, class_names: Sequence[str],
+    min_group: int, n_boot: int, seed: int | np.random.SeedSequence,
+) -> tuple[list[ClassRow], list[tuple[str, str]]]:
+    """Per-class rows (:func:`class_test`) and skipped classes; ``n_all`` (K, 2) counts before NaN dropping."""
+    rows: list[ClassRow] = []
+    skipped: list[tuple[str, str]] = []
+    row_fields = {f.name for f in dataclasses.fields(ClassRow)}
+    for k, name in enumerate(class_names):
+        m = codes == k
+        xc, xi = v[m & c], v[m & ~c]
+        reason = _skip_reason(tuple(n_all[k]), (xc.size, xi.size), min_group)
+        if reason:
+            skipped.append((str(name), reason))
+            continue
+        # seeded by name, so a class's stream does not depend on class order
+        # or on which other classes are skipped
+        t = class_test(xc, xi, n_boot=n_boot, seed=_seed_seq(seed, "class", str(name)))
+        same = {f: v_ for f, v_ in dataclasses.asdict(t).items() if f in row_fields}
+        rows.append(ClassRow(class_=str(name), p_adjusted=None, **same))
+    return rows, skipped
+
+
+def _given_confidence(
+    v: np.ndarray, c: np.ndarray, strata: np.ndarray, conf: np.ndarray | None, notes: list[str]
+) -> LogisticResult | None:
+    """:func:`logistic_test` with ``logit(confidence)``; None without confidence (noted)."""
+    if conf is None:
+        notes.append("no confidence given: confidence-adjusted model not fitted")
+        return None
+    if not v.size:
+        return None
+    ok = ~np.isnan(conf)
+    if not ok.all():
+        notes.append(f"confidence-adjusted model: dropped {int((~ok).sum())} images with NaN confidence")
+    lc = logistic_test(v[ok], c[ok], strata[ok], conf[ok])
+    if lc.note:
+        notes.append(f"logistic given confidence: {lc.note}")
+    return lc
+
+
+def _pooled(
+    v: np.ndarray, c: np.ndarray, strata: np.ndarray, conf: np.ndarray | None, n_nan: int, notes: list[str],
+    permutations: int, n_boot: int, seed: int | np.random.SeedSequence,
+) -> PooledResult:
+    """Pooled tests of one metric (permutation, logistic without and with confidence, AUC)."""
+    n = int(v.size)
+    if n == 0:
+        notes.append("no non-NaN values")
+        perm = PermutationResult(_NAN, _NAN, int(permutations), note="no data")
+        logi = LogisticResult(_NAN, _NAN_CI, _NAN, 0, note="no data")
+        auc = AUCResult(_NAN, _NAN_CI, _NAN, 0)
+    else:
+        perm = stratified_permutation_test(v, c, strata, permutations, seed=_seed_seq(seed, "permutation"))
+        logi = logistic_test(v, c, strata)
+        auc = auc_test(v, c, strata, n_boot=n_boot, seed=_seed_seq(seed, "auc"))
+    for prefix, note in (("permutation", perm.note), ("logistic", logi.note)):
+        if note:
+            notes.append(f"{prefix}: {note}")
+    lc = _given_confidence(v, c, strata, conf, notes)
+    return PooledResult(
+        p_permutation=perm.p_value,
+        odds_ratio_per_sd=logi.odds_ratio_per_sd,
+        p_lrt=logi.p_lrt,
+        p_lrt_given_confidence=None if lc is None else lc.p_lrt,
+        auc=auc.auc,
+        auc_ci95=auc.ci95,
+        statistic=perm.statistic,
+        odds_ratio_ci95=logi.ci95,
+        odds_ratio_per_sd_given_confidence=None if lc is None else lc.odds_ratio_per_sd,
+        odds_ratio_ci95_given_confidence=None if lc is None else lc.ci95,
+        auc_within_class=auc.auc_within_class,
+        auc_within_class_ci95=auc.auc_within_class_ci95,
+        n=n,
+        n_nan_dropped=n_nan,
+        n_permutations=perm.n_permutations,
+        notes=tuple(notes),
+    )
+
+
 def h1_metric(
     values: Any,
     correct: Any,
@@ -1132,13 +1311,14 @@ def h1_metric(
     ``classes`` are indices into ``class_names`` (or the names). Per class
     with at least ``min_group`` correct *and* incorrect images:
     :func:`class_test`; classes below it are listed in ``skipped`` with the
-    reason. ``p_adjusted`` is left None here; :func:`h1_analysis` fills it
-    over the joint family of classes x metrics. Pooled (all non-NaN images,
-    every class): :func:`stratified_permutation_test`,
-    :func:`logistic_test` without and with ``confidence`` (may be None),
-    :func:`auc_test` of the metric as given. Images with NaN values are
-    dropped and counted (``pooled.n_nan_dropped``); NaN confidences only
-    leave the confidence-adjusted model, with a note.
+    reason (a class with no correct images: ``"n_correct=0"``). ``p_adjusted``
+    is left None here; :func:`h1_analysis` fills it over the joint family of
+    classes x metrics. Pooled (all non-NaN images, every class):
+    :func:`stratified_permutation_test`, :func:`logistic_test` without and
+    with ``confidence`` (may be None), :func:`auc_test` of the metric as
+    given. Images with NaN values are dropped and counted
+    (``pooled.n_nan_dropped``); NaN confidences only leave the
+    confidence-adjusted model, with a note.
     """
     v = np.asarray(values, dtype=float).ravel()
     n_all = v.size
@@ -1148,6 +1328,8 @@ def h1_metric(
     conf = None if confidence is None else np.asarray(confidence, dtype=float).ravel()
     if int(min_group) < 1:
         raise ValueError("min_group must be >= 1")
+    k = len(class_names)
+    counts = np.column_stack([np.bincount(codes[c], minlength=k), np.bincount(codes[~c], minlength=k)])
 
     notes: list[str] = []
     finite = ~np.isnan(v)
@@ -1158,87 +1340,10 @@ def h1_metric(
     if conf is not None:
         conf = conf[finite]
 
-    def child(*names: str) -> np.random.SeedSequence:
-        # derived by name, so a class's stream does not depend on class
-        # order or on which other classes are skipped
-        return _seed_seq(seed, *names)
-
-    rows: list[ClassRow] = []
-    skipped: list[tuple[str, str]] = []
-    for k, name in enumerate(class_names):
-        m = codes == k
-        xc, xi = v[m & c], v[m & ~c]
-        reasons = [
-            f"{lab}={cnt} < min_group={min_group}"
-            for lab, cnt in (("n_correct", xc.size), ("n_incorrect", xi.size))
-            if cnt < min_group
-        ]
-        if reasons:
-            skipped.append((str(name), "; ".join(reasons)))
-            continue
-        t = class_test(xc, xi, n_boot=n_boot, seed=child("class", str(name)))
-        rows.append(
-            ClassRow(
-                class_=str(name),
-                n_correct=t.n_correct,
-                n_incorrect=t.n_incorrect,
-                median_correct=t.median_correct,
-                median_incorrect=t.median_incorrect,
-                p_value=t.p_value,
-                p_adjusted=None,
-                cliffs_delta=t.cliffs_delta,
-                ci95=t.ci95,
-            )
-        )
-
+    rows, skipped = _class_rows(v, c, codes, counts, class_names, min_group, n_boot, seed)
     names_arr = np.asarray([str(nm) for nm in class_names], dtype=object)
     strata = names_arr[codes] if codes.size else np.empty(0, dtype=object)
-    n = int(v.size)
-    if n == 0:
-        notes.append("no non-NaN values")
-        perm = PermutationResult(_NAN, _NAN, int(permutations), note="no data")
-        logi = LogisticResult(_NAN, _NAN_CI, _NAN, 0, note="no data")
-        auc = AUCResult(_NAN, _NAN_CI, _NAN, 0)
-    else:
-        perm = stratified_permutation_test(v, c, strata, permutations, seed=child("permutation"))
-        logi = logistic_test(v, c, strata)
-        auc = auc_test(v, c, strata, n_boot=n_boot, seed=child("auc"))
-    for prefix, note in (("permutation", perm.note), ("logistic", logi.note)):
-        if note:
-            notes.append(f"{prefix}: {note}")
-
-    or_conf: float | None = None
-    or_conf_ci: tuple[float, float] | None = None
-    p_conf: float | None = None
-    if conf is None:
-        notes.append("no confidence given: confidence-adjusted model not fitted")
-    elif n:
-        ok = ~np.isnan(conf)
-        if not ok.all():
-            notes.append(f"confidence-adjusted model: dropped {int((~ok).sum())} images with NaN confidence")
-        lc = logistic_test(v[ok], c[ok], strata[ok], conf[ok])
-        or_conf, or_conf_ci, p_conf = lc.odds_ratio_per_sd, lc.ci95, lc.p_lrt
-        if lc.note:
-            notes.append(f"logistic given confidence: {lc.note}")
-
-    pooled = PooledResult(
-        p_permutation=perm.p_value,
-        odds_ratio_per_sd=logi.odds_ratio_per_sd,
-        p_lrt=logi.p_lrt,
-        p_lrt_given_confidence=p_conf,
-        auc=auc.auc,
-        auc_ci95=auc.ci95,
-        statistic=perm.statistic,
-        odds_ratio_ci95=logi.ci95,
-        odds_ratio_per_sd_given_confidence=or_conf,
-        odds_ratio_ci95_given_confidence=or_conf_ci,
-        auc_within_class=auc.auc_within_class,
-        auc_within_class_ci95=auc.auc_within_class_ci95,
-        n=n,
-        n_nan_dropped=n_nan,
-        n_permutations=perm.n_permutations,
-        notes=tuple(notes),
-    )
+    pooled = _pooled(v, c, strata, conf, n_nan, notes, permutations, n_boot, seed)
     return H1MetricResult(per_class=tuple(rows), skipped=tuple(skipped), pooled=pooled)
 
 
@@ -1294,7 +1399,7 @@ def h1_analysis(
 
 
 def summarize(x: Any) -> Summary:
-    """Mean, SD (ddof=1) and t-based 95 % CI of the mean (NaN for n < 2)."""
+    """Mean, SD (ddof=1) and t-based 95 % CI of the mean (NaN for n < 2 or SD 0)."""
     a = _as_values(x, "x")
     n = int(a.size)
     if n == 0:
@@ -1304,7 +1409,8 @@ def summarize(x: Any) -> Summary:
         return Summary(mean, _NAN, _NAN_CI, n)
     sd = float(a.std(ddof=1))
     if sd == 0:
-        return Summary(mean, 0.0, (mean, mean), n)
+        # no spread observed is not a zero-width interval: the t interval is undefined
+        return Summary(mean, 0.0, _NAN_CI, n)
     lo, hi = scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
     return Summary(mean, sd, (float(lo), float(hi)), n)
 
@@ -1316,7 +1422,9 @@ def paired_test(a: Any, b: Any) -> PairedResult:
     ``scipy.stats.ttest_rel``; ``p_wilcoxon`` from ``scipy.stats.wilcoxon``
     (exact for small n), but None when n < 6 — the smallest two-sided
     exact p with n pairs is 2 / 2^n, so with n <= 5 it can never reach
-    0.05 — or when every difference is zero; ``note`` says which.
+    0.05. When every difference is the same (SD 0), both p-values and the CI
+    are NaN (no test is possible), never p 0 with a zero-width CI; ``note``
+    says which.
     """
     x = _as_values(a, "a")
     y = _as_values(b, "b")
@@ -1328,10 +1436,11 @@ def paired_test(a: Any, b: Any) -> PairedResult:
     notes = []
     if n < 2:
         return PairedResult(mean_diff, _NAN_CI, _NAN, None, n, "n < 2: no paired test possible")
-    if np.all(d == 0):
-        return PairedResult(0.0, (0.0, 0.0), _NAN, None, n, "all differences are zero: no test possible")
     if np.all(d == d[0]):
-        notes.append("all differences are equal: the t-test is degenerate")
+        # sd 0: the t statistic is +-inf or 0/0; p 0 and a zero-width CI
+        # would claim certainty that seeds cannot give
+        note = "all differences are zero" if d[0] == 0 else "all differences are equal"
+        return PairedResult(mean_diff, _NAN_CI, _NAN, None, n, f"{note}: no test possible")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         tt = scipy.stats.ttest_rel(x, y)
