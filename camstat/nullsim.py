@@ -49,8 +49,8 @@ import scipy.stats
 from camstat import metrics
 from camstat.stats import Record
 
-__all__ = ["NullMetric", "NullPipelineResult", "VanElteren", "null_pipeline", "shuffle_within_class",
-           "van_elteren_test"]
+__all__ = ["NullMetric", "NullPipelineResult", "VanElteren", "null_pipeline", "reference_metrics",
+           "shuffle_within_class", "van_elteren_test"]
 
 #: quantile levels of ``delta_quantiles`` and ``auc_within_class_quantiles``
 QUANTILES = (0.025, 0.5, 0.975)
@@ -174,15 +174,27 @@ class _Classes:
         return sums.reshape(self.n_classes, *shape), counts
 
 
-def _reference_metrics(x: np.ndarray, cls: np.ndarray, groups: _Classes, u: np.ndarray, names: list[str],
-                       q: float) -> dict[str, np.ndarray]:
-    """Reference-based metrics of every image for one labelling ``u``, references rebuilt."""
-    sums, counts = groups.sums(u, x.shape[1:])
+def reference_metrics(
+    maps: np.ndarray, classes: np.ndarray, correct: np.ndarray, names: Sequence[str],
+    q: float = metrics.DEFAULT_Q, groups: _Classes | None = None,
+) -> dict[str, np.ndarray]:
+    """Reference-based metrics of every image for one labelling, leave-one-out references rebuilt.
+
+    Equal to :func:`camstat.metrics.per_image_metrics` with
+    :func:`camstat.metrics.loo_references` built from
+    :func:`camstat.metrics.class_sums` of ``correct``; the class sums come
+    from one product per class (``groups``, built once per pipeline) and
+    the references are made chunk by chunk.
+    """
+    x = np.asarray(maps, dtype=np.float64)
+    cls = np.asarray(classes).ravel()
+    groups = _Classes(x, cls) if groups is None else groups
+    sums, counts = groups.sums(np.asarray(correct, dtype=bool), x.shape[1:])
     out = {name: np.empty(x.shape[0]) for name in names}
     step = max(1, _CHUNK_PIXELS // int(np.prod(x.shape[1:])))
     for a in range(0, x.shape[0], step):
-        refs = metrics.loo_references(x[a:a + step], cls[a:a + step], u[a:a + step], sums, counts)
-        for name, val in metrics.per_image_metrics(x[a:a + step], refs, names, q=q).items():
+        refs = metrics.loo_references(x[a:a + step], cls[a:a + step], correct[a:a + step], sums, counts)
+        for name, val in metrics.per_image_metrics(x[a:a + step], refs, list(names), q=q).items():
             out[name][a:a + step] = val
     return out
 
@@ -232,7 +244,7 @@ def null_pipeline(
     groups = _Classes(x, cls)
 
     def one(r: int) -> None:
-        for nm, v in _reference_metrics(x, cls, groups, labels[r], by_ref, q).items():
+        for nm, v in reference_metrics(x, cls, labels[r], by_ref, q, groups).items():
             values[nm][r] = v
         if progress is not None:
             progress(r)
