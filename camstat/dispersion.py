@@ -175,7 +175,8 @@ def dispersion_test(
     for lab, name in zip(labels, names):
         m = cls == lab
         nc, ni = int(c[m].sum()), int((~c[m]).sum())
-        reasons = [f"{k}={v} < min_group={min_group}" for k, v in (("n_correct", nc), ("n_incorrect", ni)) if v < min_group]
+        reasons = [f"{k}={v} < min_group={min_group}"
+                   for k, v in (("n_correct", nc), ("n_incorrect", ni)) if v < min_group]
         if reasons:
             skipped.append((name, "; ".join(reasons)))
             continue
