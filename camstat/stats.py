@@ -34,6 +34,19 @@ Hanley, J. A. & McNeil, B. J. (1982). The meaning and use of the area under
     a ROC curve. Radiology 143, 29-36.
 Phipson, B. & Smyth, G. K. (2010). Permutation p-values should never be
     zero. Stat. Appl. Genet. Mol. Biol. 9(1).
+Newcombe, R. G. (2006). Confidence intervals for an effect size measure
+    based on the Mann-Whitney statistic. Part 2: asymptotic methods and
+    evaluation. Statistics in Medicine 25, 559-573 (the bound used at
+    complete separation).
+Hosmer, D. W., Lemeshow, S. & Sturdivant, R. X. (2013). Applied Logistic
+    Regression, 3rd ed., ch. 4 (likelihood-ratio tests; spline terms for
+    a nonlinear covariate such as confidence).
+
+Issue 10 additions: :func:`within_class_auc` (the headline AUC),
+:func:`marginal_auc`, :func:`confidence_adjusted_test` (odds ratio given a
+flexible function of confidence), :func:`h1_verdicts` and
+:func:`secondary_adjusted`; the dispersion test is in
+:mod:`camstat.dispersion`, the null pipeline in :mod:`camstat.nullsim`.
 """
 
 from __future__ import annotations

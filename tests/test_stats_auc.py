@@ -175,3 +175,13 @@ def test_within_class_ci_is_calibrated_under_the_class_confounded_null():
           f"marginal AUC CI in {marginal / 200:.3f} of 200")
     assert 0.03 <= within / reps <= 0.07
     assert marginal / 200 > 0.5  # the confounding the within-class AUC removes
+
+
+def test_auc_test_ci_equals_scipy_bootstrap_bca():
+    # issue 18: the pooled AUC CI of auc_test (used by h1_metric) was only checked to contain the estimate
+    values, correct, cls = _confounded(np.random.default_rng(12), effect=0.3)
+    res = stats.auc_test(values, correct, cls, n_boot=40000, seed=3)
+    ref = scipy.stats.bootstrap((values[correct], values[~correct]), lambda x, y, axis=-1: (1 + _delta(x, y, axis)) / 2,
+                                n_resamples=40000, method="BCa", vectorized=True,
+                                rng=np.random.default_rng(5)).confidence_interval
+    np.testing.assert_allclose(res.ci95, (ref.low, ref.high), atol=0.006)
