@@ -306,14 +306,16 @@ def test_stratified_permutation_test_has_power_for_delta_03():
 
 
 def test_logistic_lrt_is_calibrated_under_the_null():
+    # 1,000 data sets (issue 18: 200 in [0.02, 0.09] let an FPR of 0.10 pass
+    # 37 % of the time); now 0.10 passes [0.03, 0.07] with probability < 0.001
     rng = np.random.default_rng(99)
     p = []
-    for _ in range(200):
+    for _ in range(1000):
         v, c, s = _simulate(rng, effect=0.0)
         p.append(stats.logistic_test(v, c, s).p_lrt)
     fpr = float(np.mean(np.array(p) <= 0.05))
-    print(f"logistic LRT FPR over 200 null data sets: {fpr:.3f}")
-    assert 0.02 <= fpr <= 0.09
+    print(f"logistic LRT FPR over 1000 null data sets: {fpr:.3f}")
+    assert 0.03 <= fpr <= 0.07
 
 
 # ---------------------------------------------------------------- logistic model
