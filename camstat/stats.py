@@ -938,7 +938,7 @@ def within_class_auc(
     S_obs = np.array([S for _, _, S in cells], dtype=np.int64)
     separated = bool(np.all(np.abs(S_obs) == sizes[:, 0] * sizes[:, 1]) and abs(np.sign(S_obs).sum()) == len(cells))
     if n_boot <= 0:
-        delta = float(np.sum(S_obs * inv) / W)
+        delta = float(np.sign(S_obs[0])) if separated else float(np.sum(S_obs * inv) / W)
         return WithinClassAUC((1 + delta) / 2, _NAN_CI, n, len(cells), separated)
     rngs = [np.random.default_rng(c) for c in _seed_seq(seed, "auc-within-class").spawn(len(cells))]
     boot_S = np.column_stack([_bootstrap_dominance(x, z, int(n_boot), r) for (x, z), r in zip(groups, rngs)])
