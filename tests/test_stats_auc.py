@@ -64,10 +64,14 @@ def test_marginal_auc_matches_roc_auc_score():
     assert low.auc_marginal == pytest.approx(1 - res.auc_marginal, abs=1e-13)
 
 
-@pytest.mark.parametrize("case", ["normal", "ties01"])
+@pytest.mark.parametrize("case", ["normal", "ties01", "skewed"])
 def test_within_class_ci_equals_scipy_bootstrap_bca_same_scheme(case):
-    rng = np.random.default_rng(2)
-    values, correct, cls = _confounded(rng, effect=0.4)
+    if case == "skewed":
+        # large effect, small incorrect groups: BCa's lower end is 0.016 below
+        # the percentile interval's, so a percentile CI would fail here
+        values, correct, cls = _confounded(np.random.default_rng(5), effect=1.5, sizes=(16, 20, 24, 40, 30))
+    else:
+        values, correct, cls = _confounded(np.random.default_rng(2), effect=0.4)
     if case == "ties01":  # 0/1 metric: most bootstrap values tie with each other
         values = (values > np.median(values)).astype(float)
     res = stats.within_class_auc(values, correct, cls, n_boot=40000, seed=3)
