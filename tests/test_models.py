@@ -337,7 +337,7 @@ def test_resolve_named_layers_and_errors():
     assert resolve_layers(model, "layer2, layer3,layer2", (32, 32)) == ["layer2", "layer3"]
     with pytest.raises(CamstatError, match="unknown layer layer9; candidates: .*layer3"):
         resolve_layers(model, "layer9", (32, 32))
-    with pytest.raises(CamstatError, match="linear gives no"):
+    with pytest.raises(CamstatError, match="linear gives no feature map"):
         resolve_layers(model, "linear", (32, 32))
     assert get_layer(model, "layer3.2") is model.layer3[2]
     with pytest.raises(CamstatError, match="no layer 'layer9'"):
