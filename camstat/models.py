@@ -49,7 +49,10 @@ MODEL_FORMS = (
     "path/to/file.py:factory, package.module:factory, torchscript:PATH"
 )
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
-STRIPPED_PREFIXES = ("module.", "model.")
+# DataParallel/DDP and torch.compile wrap a whole model: their prefix is on every key
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# how deep to look for a sub-module prefix such as Lightning's "model." or "net.backbone."
+MAX_PREFIX_DEPTH = 3
 MAX_NAMED_KEYS = 5
 
 
@@ -377,17 +380,77 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict:
     )
 
 
-def _strip_prefixes(state: dict) -> dict:
-    """Strip DataParallel's ``module.`` and Lightning's ``model.`` -- only when
-    every key carries the prefix, so a genuine submodule named ``model`` survives."""
+def _strip_wrappers(state: dict) -> dict:
+    """Strip ``module.`` and ``_orig_mod.`` -- only when every key carries the
+    prefix, so a genuine submodule of that name survives."""
     changed = True
-    while changed:
+    while changed and state:
         changed = False
-        for prefix in STRIPPED_PREFIXES:
+        for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
+
+
+def _under(state: dict, prefix: str) -> dict:
+    """The entries under ``prefix``, with it (and any wrapper prefix after it) stripped."""
+    return _strip_wrappers({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def _sub_prefixes(state: dict) -> list[str]:
+    """``model.``, ``net.``, ``model.net.``...: the dotted heads of the keys, shortest first."""
+    found: dict[str, None] = {}
+    for key in state:
+        parts = key.split(".")
+        for depth in range(1, min(MAX_PREFIX_DEPTH, len(parts) - 1) + 1):
+            found.setdefault(".".join(parts[:depth]) + ".")
+    return sorted(found, key=lambda p: (p.count("."), p))
+
+
+def _normal_prefix(prefix: str) -> str:
+    return prefix if prefix == "" or prefix.endswith(".") else prefix + "."
+
+
+def fit_prefix(state: dict, model_keys: set[str], prefix: str | None = None) -> dict:
+    """The checkpoint entries that belong to the model.
+
+    ``prefix`` (``--checkpoint-prefix``) names them explicitly: the keys under
+    it, stripped; everything else (a loss's ``criterion.weight``...) is left
+    out. Without it the keys are taken as they are if they fit, else with
+    ``module.``/``_orig_mod.`` stripped, else the sub-module prefix whose keys
+    fit the model exactly (Lightning's ``model.``, ``net.``); failing all
+    that, unchanged, for :func:`load_state_strict` to report.
+    """
+    if prefix is not None:
+        prefix = _normal_prefix(prefix)
+        chosen = _under(state, prefix)
+        if not chosen:
+            raise CamstatError(
+                f"no checkpoint key starts with {prefix!r}; prefixes there: {', '.join(_sub_prefixes(state)[:8])}"
+                " (pass one with --checkpoint-prefix, or '' for none)"
+            )
+        return chosen
+    if set(state) == model_keys:
+        return state
+    stripped = _strip_wrappers(state)
+    if set(stripped) == model_keys:
+        return stripped
+    for head in _sub_prefixes(stripped):
+        chosen = _under(stripped, head)
+        if set(chosen) == model_keys:
+            return chosen
+    return stripped
+
+
+def likely_prefix(state: dict, model_keys: set[str]) -> str | None:
+    """The sub-module prefix whose keys overlap the model's most, if it beats no prefix."""
+    best, overlap = None, len(set(state) & model_keys)
+    for head in _sub_prefixes(state):
+        hits = len(set(_under(state, head)) & model_keys)
+        if hits > overlap:
+            best, overlap = head, hits
+    return best
 
 
 def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> tuple[dict, dict]:
@@ -406,7 +469,7 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> tuple[dict,
         state = _unwrap_state_dict(obj, path)
         meta = obj.get("camstat", {}) if isinstance(obj, dict) else {}
         meta = meta if isinstance(meta, dict) else {}
-    return _strip_prefixes(dict(state)), dict(meta)
+    return _strip_wrappers(dict(state)), dict(meta)
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -489,8 +552,11 @@ def _shape_mismatches(module: nn.Module, state: dict) -> list[str]:
 
 def load_state_strict(module: nn.Module, state: dict, spec: str) -> None:
     """Load ``state`` into ``module``; any missing, unexpected or misshapen key
-    is a one-line CamstatError naming them."""
+    is a one-line CamstatError naming them (and the likely --checkpoint-prefix)."""
     hint = f"check --model ({spec}) and --num-classes"
+    head = likely_prefix(state, set(module.state_dict()))
+    if head is not None:
+        hint = f"the keys under {head!r} fit this model best: pass --checkpoint-prefix {head.rstrip('.')}, or {hint}"
     wrong = _shape_mismatches(module, state)
     if wrong:
         raise CamstatError(
@@ -511,8 +577,12 @@ def load_model(
     num_classes: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    checkpoint_prefix: str | None = None,
 ) -> LoadedModel:
     """Build ``spec`` and load ``checkpoint`` into it (strictly), on CPU in eval mode.
+
+    The checkpoint's keys are matched to the model by :func:`fit_prefix`;
+    ``checkpoint_prefix`` names the sub-module prefix explicitly.
 
     ``spec=None`` takes the model spec from the checkpoint's camstat metadata.
     ``num_classes`` falls back to the metadata, then to the checkpoint's head;
@@ -521,6 +591,8 @@ def load_model(
     state, meta, digest = None, {}, None
     if checkpoint is not None:
         state, meta = load_checkpoint(checkpoint, trust=trust_checkpoint)
+        if checkpoint_prefix is not None:
+            state = fit_prefix(state, set(), checkpoint_prefix)
         digest = sha256_file(Path(checkpoint).expanduser())
     spec = spec or meta.get("model")
     if not spec:
@@ -534,6 +606,8 @@ def load_model(
         raise CamstatError(f"number of classes unknown for {spec}; pass --num-classes N")
     module = build_model(spec, num_classes)
     if state is not None:
+        if checkpoint_prefix is None:
+            state = fit_prefix(state, set(module.state_dict()))
         load_state_strict(module, state, spec)
     module = module.to("cpu").eval()
     if num_classes is None:
