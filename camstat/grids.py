@@ -26,7 +26,7 @@ import torch
 # How far the height and width strides (input / grid) may disagree. Convolutions
 # with padding round sizes, so channels-first maps get slack; patch grids are exact.
 MAX_STRIDE_RATIO = 1.5
-MAX_TOKEN_STRIDE_RATIO = 1.25
+MAX_TOKEN_STRIDE_RATIO = 1.1
 # Class + distillation + up to 16 register tokens.
 MAX_PREFIX_TOKENS = 18
 

@@ -419,8 +419,9 @@ def fit_prefix(state: dict, model_keys: set[str], prefix: str | None = None) -> 
     it, stripped; everything else (a loss's ``criterion.weight``...) is left
     out. Without it the keys are taken as they are if they fit, else with
     ``module.``/``_orig_mod.`` stripped, else the sub-module prefix whose keys
-    fit the model exactly (Lightning's ``model.``, ``net.``); failing all
-    that, unchanged, for :func:`load_state_strict` to report.
+    fit the model exactly (Lightning's ``model.``, ``net.``; two such prefixes
+    are refused as ambiguous); failing all that, unchanged, for
+    :func:`load_state_strict` to report.
     """
     if prefix is not None:
         prefix = _normal_prefix(prefix)
@@ -436,11 +437,13 @@ def fit_prefix(state: dict, model_keys: set[str], prefix: str | None = None) -> 
     stripped = _strip_wrappers(state)
     if set(stripped) == model_keys:
         return stripped
-    for head in _sub_prefixes(stripped):
-        chosen = _under(stripped, head)
-        if set(chosen) == model_keys:
-            return chosen
-    return stripped
+    fits = [head for head in _sub_prefixes(stripped) if set(_under(stripped, head)) == model_keys]
+    if len(fits) > 1:  # e.g. the model and its EMA copy: which one is the user's call
+        raise CamstatError(
+            f"the checkpoint holds this model's weights under several prefixes ({', '.join(fits)}); "
+            "choose one with --checkpoint-prefix"
+        )
+    return _under(stripped, fits[0]) if fits else stripped
 
 
 def likely_prefix(state: dict, model_keys: set[str]) -> str | None:
@@ -774,9 +777,9 @@ class LayerTrace:
         if call.layout is None and len(call.shape) < 2:
             return f"gives no feature map (its output is a vector of {call.shape[0]} per image)"
         if call.layout is None:
-            tokens = ", transformer tokens (T,C) after the class/register tokens" if len(call.shape) == 2 else ""
             return (f"outputs {tuple(call.shape)} per image, which is not an image grid: none of (C,H,W), "
-                    f"channels-last (H,W,C){tokens} fits the {h}x{w} input (attention internals never do)")
+                    f"channels-last (H,W,C) or transformer tokens (T,C) after the class/register tokens fits "
+                    f"the {h}x{w} input (attention internals never do)")
         if call.layout.height * call.layout.width == 1:
             return f"gives a 1x1 map at a {h}x{w} input: one value per image, so every CAM there is constant"
         if not call.informative:
