@@ -2,6 +2,7 @@
 
 import hashlib
 import importlib.util
+import re
 import textwrap
 from collections import OrderedDict
 
@@ -584,3 +585,29 @@ def test_timm_auto_layers(name, kwargs, size, expected):
     (info,) = models.resolve_layer_maps(model, "auto", (size, size))
     assert info.name == expected
     assert min(info.out_shape[1:]) > 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "torchvision:resnet18", "--num-classes", "10", "--layer", "layer4"], "1x1 map"),
+        (["--model", "tests.test_models:TinyViT", "--num-classes", "10", "--size", "16", "--layer", "blocks.1"],
+         "no gradient.*transformer"),
+        (["--model", "tests.test_models:TinyViT", "--num-classes", "10", "--size", "16", "--layer", "blocks.1.attn.qkv"],
+         None),
+    ],
+    ids=["1x1", "vit-after-class-token", "vit-tokens-ok"],
+)
+def test_cli_refuses_layers_that_are_no_image_grid(tmp_path, capsys, args, message):
+    from camstat.cli import main
+
+    store = tmp_path / "s.zarr"
+    code = main(["extract", *args, "--data", "builtin:digits", "--limit", "4", "--store", str(store),
+                 "--device", "cpu", "--methods", "gradcam"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0, err
+        return
+    assert code == 2 and "Traceback" not in err
+    assert re.search(message, " ".join(err.split())), err
+    assert not store.exists()  # refused before anything is written
