@@ -18,6 +18,7 @@ gradients.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camstat.errors import CamstatError
 from camstat.grids import GridLayout, declared_prefix_tokens, grid_layout, to_grid
@@ -264,14 +266,15 @@ class CamEngine:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: Sequence[str] = ("pred",)) -> CamBatch:
         self._acts = {}
         self._input_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        second_order = any(m in NATIVE and NATIVE[m].second_order for m in self.methods)
         self._capturing = True
         try:
-            with torch.enable_grad():
+            # fused attention kernels have no second derivative; the math kernel has
+            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]) if second_order else nullcontext():
                 logits = self.model(images)
         finally:
             self._capturing = False
         acts = [self._acts[name] for name in self.layers]
-        second_order = any(m in NATIVE and NATIVE[m].second_order for m in self.methods)
         keys = image_keys(images) if RANDOM in self.methods else []
         pred = logits.argmax(dim=1)
         maps: dict[tuple[str, str, str], torch.Tensor] = {}
@@ -300,7 +303,13 @@ class CamEngine:
         """``H A``: the derivative of ``<dY/dA, A>`` with A held fixed, as pytorch-grad-cam's ShapleyCAM."""
         if not grads.requires_grad:  # the score is linear in A past this layer
             return torch.zeros_like(acts)
-        (hvp,) = torch.autograd.grad(grads, acts, grad_outputs=acts, retain_graph=True, allow_unused=True)
+        try:
+            (hvp,) = torch.autograd.grad(grads, acts, grad_outputs=acts, retain_graph=True, allow_unused=True)
+        except RuntimeError as exc:
+            raise CamstatError(
+                f"shapleycam needs second derivatives, which an operation of this model lacks "
+                f"({str(exc).splitlines()[0]}); drop shapleycam from --methods"
+            ) from exc
         return torch.zeros_like(acts) if hvp is None else hvp.detach()
 
     def _library_cam(self, method, layer, images, cls, acts, grads) -> torch.Tensor:

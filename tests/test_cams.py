@@ -1,5 +1,7 @@
 """Native CAM methods against pytorch-grad-cam, and the engine's one-pass contract."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -271,3 +273,19 @@ def test_every_offered_method_runs(resnet):
         for t in ("pred", "true"):
             maps = out.maps[(m, "layer3", t)]
             assert maps.shape == (2, 4, 4) and torch.isfinite(maps).all() and (maps >= 0).all(), m
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
+def test_timm_vit_all_gradient_methods_incl_shapleycam_through_fused_attention():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    layer = "blocks.11.norm1"
+    with CamEngine(model, [layer], ["gradcam", "shapleycam"]) as engine:
+        out = engine(x, torch.zeros(2, dtype=torch.long))
+    targets = [ClassifierOutputTarget(int(p)) for p in out.logits.argmax(1)]
+    ref = GradCAM(model=model, target_layers=[model.blocks[11].norm1], reshape_transform=_vit_reshape(1, 2, 2))(x, targets)
+    assert np.abs(scale_maps(out.maps[("gradcam", layer, "pred")], (32, 32)) - ref).max() <= 1e-4
+    assert out.maps[("shapleycam", layer, "pred")].shape == (2, 2, 2)

@@ -611,3 +611,16 @@ def test_cli_refuses_layers_that_are_no_image_grid(tmp_path, capsys, args, messa
     assert code == 2 and "Traceback" not in err
     assert re.search(message, " ".join(err.split())), err
     assert not store.exists()  # refused before anything is written
+
+
+def test_layers_command_uses_the_data_size_like_extract(tmp_path):
+    import json
+
+    from camstat.cli import main
+
+    out = tmp_path / "layers.json"
+    # digits are 32x32: resnet18's layer4 is 1x1 there, so auto is layer3 -- as extract would choose
+    assert main(["layers", "--model", "torchvision:resnet18", "--data", "builtin:digits", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["input_size"] == [32, 32] and result["auto"] == ["layer3"]
+    assert "layer4" not in [layer["name"] for layer in result["layers"]]
