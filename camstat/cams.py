@@ -12,7 +12,10 @@ The engine runs **one forward and one backward pass per batch and target**:
 forward hooks turn the first target layer's output into a fresh leaf, so
 the backward stops there (never reaching the parameters or the input), and
 every requested method and layer is computed from the same activations and
-gradients.
+gradients. Layer outputs are read as (B, C, h, w) grids first
+(:mod:`camstat.grids`), so transformer tokens and channels-last stages work
+as pytorch-grad-cam's ``reshape_transform`` makes them work. ShapleyCAM adds
+a Hessian-vector product to the same pass; RandomCAM is seeded per image.
 """
 
 from __future__ import annotations

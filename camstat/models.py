@@ -15,7 +15,14 @@ Model specs (SPEC 2.1):
   carry Python hooks, so they predict but cannot be CAM targets).
 
 Nothing is ever downloaded: every architecture is built with random weights,
-and weights come only from ``--checkpoint``.
+and weights come only from ``--checkpoint``; its keys are matched to the
+model through wrapper prefixes (``module.``, ``_orig_mod.``) and sub-module
+prefixes (Lightning's ``model.``, ``net.``) or ``--checkpoint-prefix``.
+
+Target layers come from one traced forward (:class:`LayerTrace`): a layer
+qualifies when its output reads as an image grid larger than 1x1
+(:mod:`camstat.grids`: CNN maps, channels-last stages, ViT tokens) that the
+class scores depend on.
 """
 
 from __future__ import annotations

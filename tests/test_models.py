@@ -624,3 +624,12 @@ def test_layers_command_uses_the_data_size_like_extract(tmp_path):
     result = json.loads(out.read_text())
     assert result["input_size"] == [32, 32] and result["auto"] == ["layer3"]
     assert "layer4" not in [layer["name"] for layer in result["layers"]]
+
+
+def test_layer_names_and_shapes_come_from_one_forward():
+    model = build_model("camstat:resnet20", 10)
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    infos = models.resolve_layer_maps(model, "layer2,layer3", (32, 32))
+    assert len(calls) == 1
+    assert [(i.name, i.out_shape) for i in infos] == [("layer2", (32, 16, 16)), ("layer3", (64, 8, 8))]
