@@ -35,6 +35,7 @@ app = typer.Typer(
 console = Console(stderr=True, markup=False, emoji=False)
 out = Console(markup=False, emoji=False)
 
+CheckpointPrefixOpt = typer.Option(None, "--checkpoint-prefix", help="Sub-module prefix of the model's keys in the checkpoint (e.g. model, net); default: found automatically.")
 JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 
@@ -97,6 +98,7 @@ def extract(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Output classes (default: from checkpoint)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file!)."),
+    checkpoint_prefix: Optional[str] = CheckpointPrefixOpt,
     methods: str = typer.Option("gradcam,gradcam++", "--methods", help="Comma list: gradcam, gradcam++, xgradcam, hirescam, layercam, or a pytorch-grad-cam method (scorecam, eigencam, ...)."),
     layer: str = typer.Option("auto", "--layer", help="auto (last conv stage) or comma list of module names (see `camstat layers`)."),
     target: str = typer.Option("pred", "--target", help="Class whose score is explained: pred, true or both."),
@@ -125,7 +127,8 @@ def extract(
     with progress_bar("extract") as update:
         result = run_extract(
             model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
-            num_classes=num_classes, trust_checkpoint=trust_checkpoint, methods=methods, layer=layer,
+            num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
+            methods=methods, layer=layer,
             target=target, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
             device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
             on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update, intensity=intensity,
@@ -195,26 +198,38 @@ def layers(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
-    size: int = typer.Option(224, "--size", help="Input size used to report output shapes."),
+    checkpoint_prefix: Optional[str] = CheckpointPrefixOpt,
+    data: Optional[str] = typer.Option(None, "--data", help="Data spec, as for extract: its image size is the default --size."),
+    split: str = typer.Option("test", "--split"),
+    size: Optional[int] = typer.Option(None, "--size", help="Input size (default, as extract: checkpoint metadata, else the --data's size, else 224)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """List a model's candidate target layers (name, type, output shape); `auto` is marked."""
+    from camstat import data as data_mod
     from camstat import models
 
+    meta = {}
     if checkpoint is None:  # layer shapes don't depend on the class count: no need to ask for it
         module = models.build_model(model, num_classes)
     else:
-        module = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
-                                   trust_checkpoint=trust_checkpoint).module
-    candidates = models.candidate_layers(module, (size, size))
-    auto = models.resolve_layers(module, "auto", (size, size))
-    table = Table(title=f"{model}: candidate target layers at {size}x{size}")
+        loaded = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
+                                   trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix)
+        module, meta = loaded.module, loaded.meta
+    if size is None and meta.get("size"):
+        size = int(meta["size"][0])
+    hw = (size, size) if size is not None else (224, 224)
+    if data is not None:  # the size extract would use
+        hw = tuple(data_mod.load_dataset(data, split, size=size, limit=1).size)
+    trace = models.LayerTrace(module, hw)
+    candidates = trace.candidates()
+    auto = [trace.auto().name]
+    table = Table(title=f"{model}: candidate target layers at {hw[0]}x{hw[1]}")
     for col in ("layer", "type", "output shape", ""):
         table.add_column(col)
     for c in candidates:
         table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
     out.print(table)
-    write_json(json_path, {"model": model, "size": size, "auto": auto,
+    write_json(json_path, {"model": model, "size": hw[0], "input_size": list(hw), "auto": auto,
                            "layers": [{"name": c.name, "type": c.type, "shape": list(c.out_shape)} for c in candidates]})
 
 

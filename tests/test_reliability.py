@@ -246,7 +246,7 @@ BAD_INPUT = [
      ["has no factory 'nope'", "zero_features"]),
     ("unknown layer", lambda w: _extract(w, "--layer", "features.nope"),
      ["unknown layer features.nope", "candidates:", "features.stage3", "camstat layers"]),
-    ("layer without a feature map", lambda w: _extract(w, "--layer", "fc"), ["gives no (N,C,H,W) feature map"]),
+    ("layer without a feature map", lambda w: _extract(w, "--layer", "fc"), ["gives no feature map"]),
     ("unknown method", lambda w: _extract(w, "--methods", "gradcam,foo"),
      ["unknown CAM method 'foo'", "gradcam++", "scorecam"]),
     ("unknown target", lambda w: _extract(w, "--target", "best"), ["unknown --target 'best'", "pred, true or both"]),
