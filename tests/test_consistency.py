@@ -322,3 +322,46 @@ def test_cli(stores, tmp_path, capsys):
     assert "not a camstat store" in capsys.readouterr().err
     assert main(["consistency", path, "--control", "shuffle"]) == 2
     assert main(["consistency", path, "--class-of", "true"]) == 2
+
+
+def test_pooled_fit_given_confidence_equals_statsmodels_on_the_stored_confidences(stores):
+    """The pooled "given confidence" numbers come from a fit that contains the stored confidences."""
+    import statsmodels.api as sm
+    from scipy.stats import chi2
+
+    from camstat import stats
+
+    # the unplanted store (the model's own maps and confidences): no separation, every fit converges
+    res = analyze(stores["random"], by="correct", metrics="dist", save=False, seed=1, permutations=99, n_boot=0)
+    pooled = res.to_dict()["metrics"]["dist"]["pooled"]
+    samples = open_store(stores["random"]).samples
+    ok = ~np.isnan(res.values["dist"])
+    v, y, g = res.values["dist"][ok], samples["correct"][ok].astype(bool), res.groups[ok]
+    conf = samples["confidence"][ok].astype(np.float64)
+    both = np.array([0 < y[g == k].sum() < (g == k).sum() for k in g])  # one-outcome classes carry nothing
+    v, y, g, conf = v[both], y[both], g[both], conf[both]
+    dummies = (g[:, None] == np.unique(g)[None, 1:]).astype(float)
+    logit = np.log(conf) - np.log1p(-conf)
+    base = np.column_stack([np.ones(v.size), dummies, logit])
+    full = sm.Logit(y.astype(float), np.column_stack([base, v])).fit(disp=0)
+    reduced = sm.Logit(y.astype(float), base).fit(disp=0)
+    assert pooled["p_lrt_given_confidence"] == pytest.approx(chi2.sf(2 * (full.llf - reduced.llf), 1), rel=1e-6)
+    want = stats.logistic_test(v, y, g, conf)  # the odds ratio per SD, as logistic_test scales the metric
+    assert pooled["odds_ratio_per_sd_given_confidence"] == pytest.approx(want.odds_ratio_per_sd, rel=1e-9)
+    assert pooled["p_lrt_given_confidence"] != pytest.approx(pooled["p_lrt"], rel=1e-3)  # confidence did enter
+
+
+def test_rebuilt_control_references_come_from_the_shuffled_labels(stores):
+    """``permuted_rebuilt`` holds the metrics against leave-one-out references of the *shuffled* labels."""
+    from camstat import nullsim, stats
+
+    res = analyze(stores["main"], by="correct", metrics="dist,ssim", control="permuted", save=False, seed=1,
+                  permutations=99, n_boot=0)
+    s = open_store(stores["main"])
+    correct = s.samples["correct"].astype(bool)
+    shuffled = np.asarray(stats.permuted_control(res.groups, correct, seed=1), dtype=bool)
+    assert (shuffled != correct).any()
+    maps = s.maps("gradcam", "features", "pred", size=tuple(res.to_dict()["params"]["size"]))
+    want = nullsim.reference_metrics(maps, res.groups, shuffled, ["dist", "ssim"])
+    for name in ("dist", "ssim"):
+        np.testing.assert_allclose(res.controls["permuted_rebuilt"][name], want[name], rtol=1e-5, atol=1e-6)
