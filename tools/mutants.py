@@ -177,6 +177,14 @@ MUTATIONS: tuple[Mutation, ...] = (
       "m = maps - flat.min(dim=1).values[:, None, None]",
       "m = maps",
       T + "test_cams.py::test_scale_maps_modes"),
+    m("shapleycam-hvp-sign", "camstat/cams.py",
+      "w = (grads - 0.5 * hvp).mean(dim=(2, 3))",
+      "w = (grads + 0.5 * hvp).mean(dim=(2, 3))",
+      T + "test_cams.py::test_shapleycam_equals_pytorch_grad_cam_and_is_second_order"),
+    m("vit-drops-last-tokens", "camstat/grids.py",
+      "grid = output[:, layout.prefix :].reshape(",
+      "grid = output[:, : output.shape[1] - layout.prefix].reshape(",
+      T + "test_cams.py::test_tiny_vit_maps_equal_pytorch_grad_cam"),
     # ---- detection --------------------------------------------------------------------------------------
     m("detect-cam-orientation", "camstat/detection.py",
       "sign = {name: -1.0 if metrics_mod.PER_IMAGE[name].higher_is_more_consistent else 1.0",
@@ -261,13 +269,15 @@ def first_failure(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int | None, str]:
+def run_tests(copy: Path, tests: tuple[str, ...], stop_at_first: bool = True,
+              timeout: float = TIMEOUT_S) -> tuple[int | None, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", *tests, *(["-x"] if stop_at_first else []), "-q",
+               "-p", "no:cacheprovider"]
     try:
-        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, f"timeout after {TIMEOUT_S} s"
+        return None, f"timeout after {timeout:.0f} s"
     return done.returncode, done.stdout + done.stderr
 
 
@@ -341,24 +351,53 @@ def report(outcome: Outcome) -> Outcome:
     return outcome
 
 
+def covers(selection: str, node: str) -> bool:
+    """Whether the pytest selection (a file or a test id) includes the test ``node``."""
+    return node == selection or node.startswith((selection + "::", selection + "["))
+
+
 def failing_baselines(copies: Copies, mutations: tuple[Mutation, ...]) -> dict[tuple[str, ...], str]:
-    """The selections that fail without any mutation (their kills would mean nothing), with the failure."""
-    selections = list(dict.fromkeys(mutation.tests for mutation in mutations))
+    """The selections that fail without any mutation (their kills would mean nothing), with the failure.
 
-    def baseline(tests: tuple[str, ...], copy: Path) -> str | None:
-        code, output = run_tests(copy, tests)
-        return None if code == 0 else first_failure(output)
+    Every test of every selection runs once, unmutated, in ``jobs`` pytest processes (split by test file,
+    so module fixtures are built once).
+    """
+    tests = sorted({test for mutation in mutations for test in mutation.tests})
+    files = sorted({test.split("::")[0] for test in tests})
+    parts = [[t for t in tests if files.index(t.split("::")[0]) % copies.jobs == j] for j in range(copies.jobs)]
 
-    failures = dict(zip(selections, copies.map(baseline, selections)))
-    return {tests: failure for tests, failure in failures.items() if failure is not None}
+    def baseline(part: list[str], copy: Path) -> tuple[list[str], str]:
+        if not part:
+            return [], ""
+        code, output = run_tests(copy, tuple(part), stop_at_first=False, timeout=3 * TIMEOUT_S)
+        failed = _FAILED.findall(output)
+        if code != 0 and not failed:  # collection or usage error: every selection of this part is void
+            return list(part), first_failure(output)
+        return failed, ""
+
+    failed: list[str] = []
+    broken: dict[tuple[str, ...], str] = {}
+    for nodes, whole in copies.map(baseline, parts):
+        failed += nodes
+        if whole:
+            broken.update({m.tests: whole for m in mutations if set(m.tests) <= set(nodes)})
+    for mutation in mutations:
+        # a failing test of the selection, or a file that failed to import (ERROR tests/test_x.py)
+        hit = [node for node in failed for test in mutation.tests if covers(test, node) or covers(node, test)]
+        if hit and mutation.tests not in broken:
+            broken[mutation.tests] = f"fails unmutated: {hit[0]}"
+    return broken
 
 
 def run_all(root: Path, mutations: tuple[Mutation, ...], jobs: int, baseline: bool) -> list[Outcome]:
     with tempfile.TemporaryDirectory(prefix="camstat-mutants-") as tmp:
         copies = Copies(root, tmp, jobs)
+        start = time.perf_counter()
         broken = failing_baselines(copies, mutations) if baseline else {}
         for tests, failure in broken.items():
             print(f"baseline fails: {' '.join(tests)}: {failure}", flush=True)
+        if baseline:
+            print(f"baseline: every selection run unmutated ({time.perf_counter() - start:.0f} s)", flush=True)
 
         def one(mutation: Mutation, copy: Path) -> Outcome:
             if mutation.tests in broken:
