@@ -11,6 +11,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from enum import Enum
 from typing import Iterator, Optional
 
 import typer
@@ -19,13 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from camstat.errors import CamstatError
+from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.records import jsonable
 
 # Newer Typer vendors click: reach its exception base through a public class.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Statistics of class-activation-map consistency: extract CAMs, test H1, train with a CAM loss (H2), report.",
@@ -35,12 +37,36 @@ app = typer.Typer(
 console = Console(stderr=True, markup=False, emoji=False)
 out = Console(markup=False, emoji=False)
 
-JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file.")
+JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file (- for stdout; then "
+                       "everything else goes to stderr).")
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of an option's values, so that --help lists them and completion offers them."""
+    return Enum(name, {v.replace("-", "_") or "none": v for v in values}, type=str)
+
+
+By = _choices("By", BY)
+ClassOf = _choices("ClassOf", CLASS_OF)
+Correction = _choices("Correction", CORRECTIONS)
+Target = _choices("Target", ("pred", "true"))
+ExtractTarget = _choices("ExtractTarget", ("pred", "true", "both"))
+OnBadImage = _choices("OnBadImage", ("skip", "fail"))
+Control = _choices("Control", ("permuted", "none"))
+Split = _choices("Split", ("train", "val", "test"))
+
+
+def human(json_path: Optional[Path]) -> Console:
+    """Where human output goes: stdout, or stderr when the JSON goes to stdout (``--json -``)."""
+    return console if json_path is not None and str(json_path) == "-" else out
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 
 
 def write_json(path: Optional[Path], result: dict) -> None:
-    if path is not None:
+    """The machine-readable result into ``path`` (``-``: stdout)."""
+    if path is not None and str(path) == "-":
+        sys.stdout.write(json.dumps(jsonable(result), indent=2, sort_keys=False) + "\n")
+    elif path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(jsonable(result), indent=2, sort_keys=False) + "\n")
@@ -81,9 +107,19 @@ def progress_bar(description: str) -> Iterator:
             bar.stop()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from camstat import __version__
+
+        out.print(f"camstat {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda v: _version(v),
+                                 help="Print camstat's version and exit."),
 ) -> None:
     """camstat: is the evidence a classifier looks at consistent, and does consistency predict correctness?"""
 
@@ -99,7 +135,7 @@ def extract(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file!)."),
     methods: str = typer.Option("gradcam,gradcam++", "--methods", help="Comma list: gradcam, gradcam++, xgradcam, hirescam, layercam, or a pytorch-grad-cam method (scorecam, eigencam, ...)."),
     layer: str = typer.Option("auto", "--layer", help="auto (last conv stage) or comma list of module names (see `camstat layers`)."),
-    target: str = typer.Option("pred", "--target", help="Class whose score is explained: pred, true or both."),
+    target: ExtractTarget = typer.Option("pred", "--target", help="Class whose score is explained: pred, true or both."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (creates the store if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N (K from 0): fill only the K-th of N chunk-aligned slices; under torchrun the rank is used."),
@@ -108,7 +144,7 @@ def extract(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use N images (a seeded, class-balanced subset)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
+    on_bad_image: OnBadImage = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     chunk: int = typer.Option(256, "--chunk", help="Samples per store chunk (the unit of resume and sharding)."),
     device: str = DeviceOpt,
@@ -119,17 +155,15 @@ def extract(
 
     if resume and overwrite:
         raise CamstatError("--resume and --overwrite exclude each other")
-    if on_bad_image not in ("skip", "fail"):
-        raise CamstatError(f"invalid --on-bad-image {on_bad_image!r}; choose skip or fail")
     with progress_bar("extract") as update:
         result = run_extract(
             model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, methods=methods, layer=layer,
-            target=target, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
+            target=target.value, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
             device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
-            on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update,
+            on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update,
         )
-    out.print(
+    human(json_path).print(
         f"{result.store}: {result.n} images, accuracy {result.accuracy:.4f}, {', '.join(result.methods)} at "
         f"{', '.join(result.layers)}; {result.processed} processed at {result.images_per_second:.1f} img/s"
         + ("" if result.complete else " (store not complete yet: other shards pending)")
@@ -147,33 +181,7 @@ def info(
 
     s = open_store(store)
     a = s.attrs
-    samples = s.samples
-    done = samples["done"]
-    result = {
-        "store": str(store),
-        "model": a["model"],
-        "checkpoint": a.get("checkpoint"),
-        "checkpoint_sha256": a.get("checkpoint_sha256"),
-        "data": a["data"],
-        "split": a["split"],
-        "classes": a["classes"],
-        "input_size": a["input_size"],
-        "normalize": a["normalize"],
-        "methods": a["methods"],
-        "layers": a["layers"],
-        "layer_shapes": a["layer_shapes"],
-        "targets": a["targets"],
-        "n": s.n,
-        "done": int(done.sum()),
-        "complete": bool(done.all()),
-        "accuracy": float(samples["correct"][done].mean()) if done.any() else None,
-        "has_masks": s.has_masks,
-        "bad_images": len(a.get("bad_images", [])),
-        "derived": sorted(s.root["derived"].group_keys()) if "derived" in s.root else [],
-        "created": a.get("created"),
-        "command": a.get("command"),
-        "versions": a.get("versions"),
-    }
+    result = s.summary()
     table = Table(title=str(store), show_header=False)
     for key in ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
                 "methods", "layers", "layer_shapes", "targets", "input_size", "has_masks", "bad_images", "derived",
@@ -183,7 +191,7 @@ def info(
             value = f"{value:.4f}"
         table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
     table.add_row("classes", f"{len(a['classes'])}: {', '.join(a['classes'][:10])}{' ...' if len(a['classes']) > 10 else ''}")
-    out.print(table)
+    human(json_path).print(table)
     write_json(json_path, result)
 
 
@@ -211,7 +219,7 @@ def layers(
         table.add_column(col)
     for c in candidates:
         table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
-    out.print(table)
+    human(json_path).print(table)
     write_json(json_path, {"model": model, "size": size, "auto": auto,
                            "layers": [{"name": c.name, "type": c.type, "shape": list(c.out_shape)} for c in candidates]})
 
@@ -274,17 +282,17 @@ def train_reg(
     with progress_bar("train-reg") as update:
         result = train(config, progress=update, on_epoch=on_epoch)
     if result.already_complete:
-        out.print(f"{result.out} is already complete ({result.epochs} epochs); pass --overwrite to train it again",
+        human(json_path).print(f"{result.out} is already complete ({result.epochs} epochs); pass --overwrite to train it again",
                   soft_wrap=True, highlight=False)
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+        human(json_path).print(f"note: {note}", highlight=False, soft_wrap=True)
     final = result.final
     table = Table(title=f"{result.out}: {result.epochs} epochs, world size {result.world_size}")
     for col in ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam"):
         table.add_column(col, justify="right")
     table.add_row(*(fmt(final.get(k), "g" if k == "lambda" else ".4f") for k in
                     ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam")))
-    out.print(table)
+    human(json_path).print(table)
     write_json(json_path, result.to_dict())
 
 
@@ -316,7 +324,7 @@ def compare(
         arm = d["arms"][name]
         arms_table.add_row(name, str(len(arm["runs"])),
                            *(f"{num(arm[m]['mean'])} ± {num(arm[m]['sd'])}\n{ci(arm[m])}" for m in metrics))
-    out.print(arms_table)
+    human(json_path).print(arms_table)
     paired_table = Table(title=f"paired by seed ({len(d['paired']['pairs'])} pairs): {a} - {b}")
     for col in ("metric", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"):
         paired_table.add_column(col, justify="right")
@@ -324,35 +332,35 @@ def compare(
         p = d["paired"][m] or {}
         paired_table.add_row(m, num(p.get("mean_diff")), ci(p), num(p.get("p_ttest"), ".3g"),
                              num(p.get("p_wilcoxon"), ".3g"))
-    out.print(paired_table)
+    human(json_path).print(paired_table)
     for row in d["mcnemar"]["per_pair"]:
-        out.print(f"McNemar, seed {row['seed']}: {row['b']} images only {a} gets right, {row['c']} only {b};"
+        human(json_path).print(f"McNemar, seed {row['seed']}: {row['b']} images only {a} gets right, {row['c']} only {b};"
                   f" exact p = {row['p_value']:.3g}", highlight=False, soft_wrap=True)
     if d["mcnemar"]["pooled"]:
         pooled = d["mcnemar"]["pooled"]
-        out.print(f"McNemar, pooled over {pooled['pairs']} pairs (descriptive): {pooled['b']} vs {pooled['c']};"
+        human(json_path).print(f"McNemar, pooled over {pooled['pairs']} pairs (descriptive): {pooled['b']} vs {pooled['c']};"
                   f" p = {pooled['p_value']:.3g}", highlight=False, soft_wrap=True)
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+        human(json_path).print(f"note: {note}", highlight=False, soft_wrap=True)
     write_json(json_path, d)
 
 
 @app.command()
 def consistency(
     store: Path = typer.Argument(..., help="A complete camstat store."),
-    by: str = typer.Option("correct", "--by", help="correct (H1 tests per class and pooled), class (group-level consistency per class) or cluster (k-means composition clusters; H1 tests within clusters)."),
+    by: By = typer.Option("correct", "--by", help="correct (H1 tests per class and pooled), class (group-level consistency per class) or cluster (k-means composition clusters; H1 tests within clusters)."),
     method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
-    target: str = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
+    target: Target = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies): dist, ssim, iou, corr, com, entropy, spread, pointing, energy (the last two need masks)."),
-    class_of: str = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
+    class_of: ClassOf = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (e.g. the train split); default: leave-one-out means of this store."),
-    correction: str = typer.Option("holm", "--correction", help="Multiplicity over classes x metrics: holm, fdr_bh or bonferroni."),
+    correction: Correction = typer.Option("holm", "--correction", help="Multiplicity over classes x metrics: holm, fdr_bh or bonferroni."),
     permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
     min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
     seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap, controls, k-means and pair samples."),
-    control: Optional[str] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
+    control: Optional[Control] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
     random_store: Optional[Path] = typer.Option(None, "--random-store", help="Store of the same architecture with randomised weights (extract without --checkpoint): Adebayo et al. sanity check."),
     clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
     pair_sample: int = typer.Option(500, "--pair-sample", help="At most this many maps per group for pairwise group-level metrics (seeded sample)."),
@@ -362,18 +370,19 @@ def consistency(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Consistency metrics and H1 tests: are correct predictions' maps closer to their class's mean map?"""
-    from camstat.consistency import analyze, render
+    from camstat.h1 import analyze
+    from camstat.present.terminal import render_consistency
 
     with progress_bar("consistency") as update:
         result = analyze(
-            store, method=method, layer=layer, target=target, by=by, metrics=metrics, class_of=class_of,
-            reference=reference, size=size, q=q, correction=correction, permutations=permutations, n_boot=bootstrap,
-            min_group=min_group, seed=seed, control=control, random_store=random_store, clusters=clusters,
-            pair_sample=pair_sample, save=save, progress=update,
+            store, method=method, layer=layer, target=target.value, by=by.value, metrics=metrics,
+            class_of=class_of.value, reference=reference, size=size, q=q, correction=correction.value, permutations=permutations, n_boot=bootstrap,
+            min_group=min_group, seed=seed, control=None if control in (None, Control.none) else control.value,
+            random_store=random_store, clusters=clusters, pair_sample=pair_sample, save=save, progress=update,
         )
     d = result.to_dict()
-    for item in render(d):
-        out.print(item)
+    for item in render_consistency(d):
+        human(json_path).print(item)
     write_json(json_path, d)
 
 
@@ -383,17 +392,17 @@ def report(
     out_dir: Path = typer.Option(..., "--out", help="Report folder, e.g. studies/NAME (report.md, report.tex, results.json, fig-*.png)."),
     method: Optional[str] = typer.Option(None, "--method", help="Comma list of CAM methods to analyse (default: every method in the store)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
-    target: str = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
-    by: str = typer.Option("correct", "--by", help="correct, class or cluster (as for consistency)."),
+    target: Target = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
+    by: By = typer.Option("correct", "--by", help="correct, class or cluster (as for consistency)."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies)."),
-    class_of: str = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
+    class_of: ClassOf = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (default: leave-one-out)."),
-    correction: str = typer.Option("holm", "--correction", help="holm, fdr_bh or bonferroni."),
+    correction: Correction = typer.Option("holm", "--correction", help="holm, fdr_bh or bonferroni."),
     permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
     min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
     seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap and controls."),
-    control: str = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
+    control: Control = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
     random_store: Optional[Path] = typer.Option(None, "--random-store", help="Randomised-weights store of the same architecture and images (Adebayo et al. control); used for every store it matches."),
     clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
     means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
@@ -404,7 +413,7 @@ def report(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Significance report: report.md, report.tex (booktabs), results.json and PNG figures."""
-    from camstat.report import report as make_report
+    from camstat.present.report import report as make_report
 
     first, vs_runs = split_vs(inputs, "report")
     if vs_runs is not None and not vs_runs:
@@ -414,15 +423,15 @@ def report(
         console.print(f"{message} ...", highlight=False)
 
     result = make_report(
-        first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target, by=by, metrics=metrics,
-        class_of=class_of, reference=reference, correction=correction, permutations=permutations, n_boot=bootstrap,
-        min_group=min_group, seed=seed, control=control, random_store=random_store, clusters=clusters,
+        first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target.value, by=by.value,
+        metrics=metrics, class_of=class_of.value, reference=reference, correction=correction.value, permutations=permutations, n_boot=bootstrap,
+        min_group=min_group, seed=seed, control=control.value, random_store=random_store, clusters=clusters,
         names=names.split(",") if names else None, means=means, primary=primary, gallery=gallery, title=title,
         progress=say,
     )
     for line in result.summary:
-        out.print(f"- {line}", highlight=False, soft_wrap=True)
-    out.print(f"report: {result.report_md} ({len(result.figures)} figures, {result.seconds:.0f} s)", highlight=False,
+        human(json_path).print(f"- {line}", highlight=False, soft_wrap=True)
+    human(json_path).print(f"report: {result.report_md} ({len(result.figures)} figures, {result.seconds:.0f} s)", highlight=False,
               soft_wrap=True)
     write_json(json_path, result.to_dict())
 
@@ -442,9 +451,9 @@ def demo(
         console.print(message, highlight=False)
 
     result = run_demo(out_dir, fast=fast, work=work, device=device, progress=say)
-    out.print(f"report: {result.report} (demo took {result.seconds:.0f} s)", highlight=False, soft_wrap=True)
+    human(json_path).print(f"report: {result.report} (demo took {result.seconds:.0f} s)", highlight=False, soft_wrap=True)
     for line in result.summary:
-        out.print(f"- {line}", highlight=False, soft_wrap=True)
+        human(json_path).print(f"- {line}", highlight=False, soft_wrap=True)
     write_json(json_path, result.to_dict())
 
 

@@ -47,7 +47,7 @@ _CREATE_LOCK_BYTE = 1 << 40  # beyond any chunk number: the lock taken while cre
 _LOCK_FILE = "camstat.lock"
 
 
-def _is_store(path: Path) -> bool:
+def is_store(path: Path) -> bool:
     """A folder whose root ``zarr.json`` carries camstat's attributes (written last, in one write)."""
     meta = Path(path) / "zarr.json"
     if not meta.is_file():
@@ -123,7 +123,7 @@ class Store:
         self.path = Path(path)
         if not self.path.exists():
             raise CamstatError(f"store {self.path} does not exist; create it with `camstat extract`")
-        if not _is_store(self.path):
+        if not is_store(self.path):
             raise CamstatError(
                 f"{self.path} is not a camstat store (no camstat attributes in zarr.json); give a store made by"
                 " `camstat extract`"
@@ -256,6 +256,71 @@ class Store:
         group.attrs.put(json.loads(json.dumps(params, default=str)))  # one write, not one per key
         return group
 
+    # -- identity, content, checks: the one place for each ----------------------
+    def require(self, method: str, layer: str | None, target: str) -> None:
+        """A clear error unless the store holds maps of (method, layer, target)."""
+        self._map_array(method, layer, target)
+
+    def identity(self) -> dict:
+        """Which store this is: path, model, checkpoint (and its SHA-256), data, split, n, created."""
+        a = self.attrs
+        return {"path": str(self.path), "model": a.get("model"), "checkpoint": a.get("checkpoint"),
+                "checkpoint_sha256": a.get("checkpoint_sha256"), "data": a.get("data"), "split": a.get("split"),
+                "n": self.n, "created": a.get("created")}
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the sample arrays and raw maps (what every analysis is derived from)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        group = self.root["samples"]
+        for name in ("index", "label", "pred", "confidence", "correct", "logits"):
+            a = np.ascontiguousarray(group[name][:])
+            h.update(f"{name}:{a.dtype}:{a.shape}".encode())
+            h.update(a.tobytes())
+        for method in self.methods:
+            for layer in self.layers:
+                for target in self.targets:
+                    arr = self.root[f"maps/{method}/{layer}/{target}"]
+                    h.update(f"maps/{method}/{layer}/{target}:{arr.dtype}:{arr.shape}".encode())
+                    step = max(1, self.chunk)
+                    for start in range(0, arr.shape[0], step):
+                        h.update(np.ascontiguousarray(arr[start:start + step]).tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict:
+        """What the store holds (``camstat info --json``): provenance, contents, n, accuracy, completeness."""
+        a = self.attrs
+        samples = self.samples
+        done = samples["done"]
+        return {
+            "store": str(self.path), "model": a["model"], "checkpoint": a.get("checkpoint"),
+            "checkpoint_sha256": a.get("checkpoint_sha256"), "data": a["data"], "split": a["split"],
+            "classes": a["classes"], "input_size": a["input_size"], "normalize": a["normalize"],
+            "methods": a["methods"], "layers": a["layers"], "layer_shapes": a["layer_shapes"],
+            "targets": a["targets"], "n": self.n, "done": int(done.sum()), "complete": bool(done.all()),
+            "accuracy": float(samples["correct"][done].mean()) if done.any() else None,
+            "has_masks": self.has_masks, "bad_images": len(a.get("bad_images", [])),
+            "derived": sorted(self.root["derived"].group_keys()) if "derived" in self.root else [],
+            "created": a.get("created"), "command": a.get("command"), "versions": a.get("versions"),
+        }
+
+    def dataset(self):
+        """The store's dataset, rebuilt from its provenance; an error when its images no longer match."""
+        from camstat.data import load_dataset
+
+        a = self.attrs
+        norm = a.get("normalize")
+        ds = load_dataset(a["data"], a["split"], size=tuple(a["input_size"]),
+                          normalize=(tuple(norm[0]), tuple(norm[1])) if norm else None,
+                          limit=a.get("limit"), seed=int(a.get("seed", 0)))
+        index = self.samples["index"]
+        if len(ds) != len(index) or not np.array_equal(np.asarray(ds.index), index):
+            raise CamstatError(
+                f"the images of {a['data']} ({a['split']}) no longer match store {self.path} "
+                f"({len(ds)} vs {len(index)} images, or a different order); rebuild the store with camstat extract")
+        return ds
+
 
 def open_store(path: str | Path) -> Store:
     """Open a camstat store for reading (the notebook entry point)."""
@@ -302,14 +367,14 @@ class StoreWriter:
         self.chunk = int(attrs["chunk"])
         n_chunks = max(1, -(-self.n // self.chunk))
         self.chunks = chunks if chunks is not None else range(n_chunks)
-        if mode == "new" and _is_store(self.path):
+        if mode == "new" and is_store(self.path):
             raise CamstatError(
                 f"store {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
             )
         if self.path.exists() and not self.path.is_dir():
             raise CamstatError(f"{self.path} exists and is not a directory; choose another --store path")
         # Never write into (or, with --overwrite, delete) a folder that camstat did not make.
-        if self.path.exists() and any(self.path.iterdir()) and not _is_store(self.path) and not _is_ours(self.path):
+        if self.path.exists() and any(self.path.iterdir()) and not is_store(self.path) and not _is_ours(self.path):
             raise CamstatError(f"{self.path} exists and is not a camstat store; choose another --store path")
         self.path.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -330,7 +395,7 @@ class StoreWriter:
             raise
 
     def _open_or_create(self, mode: str, num_classes: int, mask_shape) -> None:
-        exists = _is_store(self.path)
+        exists = is_store(self.path)
         if exists and mode == "new":
             raise CamstatError(
                 f"store {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
@@ -394,7 +459,7 @@ class StoreWriter:
                         target, shape=(n, h, w), chunks=(c, h, w), dtype="float32", fill_value=0.0
                     )
         # Attributes last and in one write (attrs.update writes zarr.json once per key, schema first): a
-        # store without them is not yet a store (see _is_store), one with them is complete.
+        # store without them is not yet a store (see is_store), one with them is complete.
         root.attrs.put({"camstat_schema": SCHEMA_VERSION, **self.attrs})
         self.root = root
 
