@@ -186,7 +186,7 @@ def table_groups(d: dict, src: str, key: str) -> Table:
     for row in d["groups"]:
         for subset in ("all", "correct", "incorrect"):
             s = row.get(subset)
-            if s is None or "note" in s:
+            if s is None or "mean_pairwise_ssim" not in s:  # fewer than 2 maps: no pairs
                 continue
             rows.append([row[g], subset, fmt_int(s.get("n")), fmt_int(s.get("n_sampled")),
                          *(fmt_sig(s.get(c)) for c in cols)])
