@@ -227,17 +227,49 @@ def report(
     arm A minus arm B). ``random_store`` is the randomised-weights control,
     used for every store it matches (same model, data, split and images).
     ``primary`` picks the metric the galleries sort by (default ``dist``).
-    ``command`` is the command line recorded in the provenance (default:
-    this process's). ``progress(message)`` is called at each step. The
-    ``fig-*.png`` files of an earlier report in ``out`` are replaced.
+    ``command``: the command line recorded (default: this process's).
+    ``progress(message)`` is called at each step. Old ``fig-*.png`` in ``out`` are replaced.
     """
-    from camstat.h1 import analyze
-    from camstat.present import figures
-    from camstat.provenance import command_line, now, versions
-    from camstat.store import open_store
-
     start = time.perf_counter()
     say = progress or (lambda msg: None)
+    if gallery < 1:
+        raise CamstatError(f"--gallery must be at least 1, got {gallery}")
+    stores, runs, vs_runs = _inputs(inputs, vs)
+    control_name = _control_name(control)
+    h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
+                      correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group,
+                      seed=seed, control=control_name, clusters=clusters, pair_sample=pair_sample, size=size, q=q)
+    analyses, opened, rnd = _analyses(stores, method, random_store, primary, h1_options, say)
+    results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
+                               "runs": [], "compare": None}
+    results["runs"] = [_read_run(p) for p in [*runs, *vs_runs]]
+    arms = (runs, vs_runs) if vs_runs else split_arms(runs, results["runs"]) if len(runs) >= 2 else None
+    if arms is not None:
+        from camstat.compare import compare_runs
+
+        say("comparing arms")
+        results["compare"] = compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
+    options = {"method": method if method is None or isinstance(method, str) else list(method),
+               **{k: v for k, v in h1_options.items() if k != "reference"},
+               "reference": str(reference) if reference else None,
+               "random_store": str(random_store) if random_store else None,
+               "vs": [str(p) for p in vs_runs], "means": str(means) if means else None}
+    results["provenance"] = _provenance(options, command, opened, rnd, [*runs, *vs_runs])
+    results = _jsonable(results)
+    out = Path(out)
+    figs = _figures(out, analyses, results, primary=primary, gallery=gallery, seed=seed, say=say)
+    say("writing report.md, report.tex, results.json")
+    md, tex, summary = compose(results, analyses, figs, title=title)
+    for name, text in (("results.json", json.dumps(results, indent=1) + "\n"), ("report.md", md), ("report.tex", tex)):
+        (out / name).write_text(text)
+    fig_files = [str(out / f) for _, f, _ in figs]
+    return ReportResult(out=str(out), files=[str(out / n) for n in ("report.md", "report.tex", "results.json")]
+                        + fig_files, figures=fig_files, results=results, summary=summary,
+                        seconds=time.perf_counter() - start)
+
+
+def _inputs(inputs: Sequence[str | Path], vs: Sequence[str | Path] | None) -> tuple[list, list, list]:
+    """(stores, runs, arm B's runs) of the command line, checked."""
     if not inputs:
         raise CamstatError("report needs at least one store or run directory")
     stores, runs = classify_inputs(inputs)
@@ -248,12 +280,15 @@ def report(
             raise CamstatError(f"--vs takes run directories, not stores ({extra_stores[0]})")
         if not runs:
             raise CamstatError("--vs needs runs before it: camstat report RUN... --vs RUN...")
-    control_name = _control_name(control)
-    if gallery < 1:
-        raise CamstatError(f"--gallery must be at least 1, got {gallery}")
-    out = Path(out)
+    return stores, runs, vs_runs
 
-    # check everything before the long work
+
+def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_options: dict,
+              say: Callable[[str], None]) -> tuple[list[_Analysis], list, Any]:
+    """The H1 analysis of every (store, method); everything is checked before the long work."""
+    from camstat.h1 import analyze
+    from camstat.store import open_store
+
     opened = [open_store(p) for p in stores]
     plan = [(s, _parse_methods(method, s)) for s in opened]
     rnd = open_store(random_store) if random_store is not None else None
@@ -261,74 +296,43 @@ def report(
     if rnd is not None and not any(matches):
         raise CamstatError(f"--random-store {random_store} matches none of the stores (same --model, --data, --split "
                            "and images, no checkpoint); extract it like the analysed store, without --checkpoint")
-
-    results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [], "runs": [], "compare": None}
     analyses: list[_Analysis] = []
     for (s, methods), match in zip(plan, matches):
         for m in methods:
             say(f"H1 analysis of {s.path} ({m})")
-            res = analyze(s, method=m, layer=layer, target=target, by=by, metrics=metrics, class_of=class_of,
-                          reference=reference, correction=correction, permutations=permutations, n_boot=n_boot,
-                          min_group=min_group, seed=seed, control=control_name, random_store=rnd if match else None,
-                          clusters=clusters, pair_sample=pair_sample, size=size, q=q)
+            res = analyze(s, method=m, random_store=rnd if match else None, **h1_options)
             d = res.to_dict()
             if primary and d["metrics"] and primary not in d["metrics"]:
                 raise CamstatError(f"--primary {primary!r} is not among the analysed metrics "
                                    f"({', '.join(d['metrics'])})")
-            results["consistency"].append(d)
             analyses.append(_Analysis(len(analyses), s, res, d))
+    return analyses, opened, rnd
 
-    run_infos = [_read_run(p) for p in [*runs, *vs_runs]]
-    results["runs"] = run_infos
-    arms = None
-    if vs_runs:
-        arms = (runs, vs_runs)
-    elif len(runs) >= 2:
-        arms = split_arms(runs, run_infos)
-    if arms is not None:
-        from camstat.compare import compare_runs
 
-        say("comparing arms")
-        results["compare"] = compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
+def _provenance(options: dict, command: str | None, stores: list, rnd, runs: list[Path]) -> dict:
+    from camstat.provenance import command_line, now, versions
 
-    results["provenance"] = {
-        "created": now(),
-        "command": command or command_line(),
-        "versions": versions(),
-        "options": {"method": method if method is None or isinstance(method, str) else list(method),
-                    "layer": layer, "target": target, "by": by, "metrics": metrics, "class_of": class_of,
-                    "reference": str(reference) if reference else None, "correction": correction,
-                    "permutations": permutations, "n_boot": n_boot, "min_group": min_group, "seed": seed,
-                    "control": control_name, "random_store": str(random_store) if random_store else None,
-                    "clusters": clusters, "pair_sample": pair_sample, "size": size, "q": q,
-                    "vs": [str(p) for p in vs_runs], "means": str(means) if means else None},
-        "stores": [_store_provenance(s) for s in opened],
-        "random_store": _store_provenance(rnd) if rnd is not None else None,
-        "runs": [_run_provenance(p) for p in [*runs, *vs_runs]],
-    }
-    results = _jsonable(results)
+    return {"created": now(), "command": command or command_line(), "versions": versions(), "options": options,
+            "stores": [_store_provenance(s) for s in stores],
+            "random_store": _store_provenance(rnd) if rnd is not None else None,
+            "runs": [_run_provenance(p) for p in runs]}
 
-    # figures (those of an earlier report in the same folder go first)
+
+def _figures(out: Path, analyses: list[_Analysis], results: dict, *, primary: str | None, gallery: int, seed: int,
+             say: Callable[[str], None]) -> list[tuple[str, str, str]]:
+    """Every figure, as (section key, file, caption); those of an earlier report in ``out`` go first."""
+    from camstat.present import figures
+
     say("figures")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("fig-*.png"):
         stale.unlink()
-    figs: list[tuple[str, str, str]] = []  # (section key, file, caption)
+    figs: list[tuple[str, str, str]] = []
     for an in analyses:
         figs += figures.analysis_figures(an, out, primary=primary, gallery=gallery, seed=seed)
-    if run_infos:
-        figs += figures.run_figures(run_infos, results["compare"], out)
-
-    # text
-    say("writing report.md, report.tex, results.json")
-    md, tex, summary = compose(results, analyses, figs, title=title)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "report.md").write_text(md)
-    (out / "report.tex").write_text(tex)
-    files = [str(out / n) for n in ("report.md", "report.tex", "results.json")]
-    fig_files = [str(out / f) for _, f, _ in figs]
-    return ReportResult(out=str(out), files=files + fig_files, figures=fig_files, results=results, summary=summary,
-                        seconds=time.perf_counter() - start)
+    if results["runs"]:
+        figs += figures.run_figures(results["runs"], results["compare"], out)
+    return figs
 
 
 def _jsonable(obj: Any) -> Any:
