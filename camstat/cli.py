@@ -12,7 +12,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from enum import Enum
-from typing import Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 app = typer.Typer(
     add_completion=True,
+    rich_markup_mode=None,  # click's help: flags shown as flags, choices as <a|b|c>
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Statistics of class-activation-map consistency: extract CAMs, test H1, train with a CAM loss (H2), report.",
@@ -54,6 +55,37 @@ ExtractTarget = _choices("ExtractTarget", ("pred", "true", "both"))
 OnBadImage = _choices("OnBadImage", ("skip", "fail"))
 Control = _choices("Control", ("permuted", "none"))
 Split = _choices("Split", ("train", "val", "test"))
+
+
+# Options shared by `consistency` and `report` (and new H1 commands): declared once, defaults in the signature.
+LayerOpt = Annotated[Optional[str], typer.Option("--layer", help="Layer in the store (default: its first).")]
+TargetOpt = Annotated[Target, typer.Option("--target", help="Explained class as extracted.")]
+ByOpt = Annotated[By, typer.Option("--by", help="correct (H1 tests per class and pooled), class (group-level "
+                                   "consistency per class) or cluster (k-means composition clusters; H1 tests "
+                                   "within clusters).")]
+MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma list (default: every per-image metric "
+                                                   "that applies): dist, ssim, iou, corr, com, entropy, spread, "
+                                                   "pointing, energy (the last two need masks).")]
+ClassOfOpt = Annotated[ClassOf, typer.Option("--class-of", help="Group images by predicted class (pred) or true "
+                                             "label (label).")]
+ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="Store whose correct maps give the class "
+                                                      "means (e.g. the train split); default: leave-one-out means.")]
+CorrectionOpt = Annotated[Correction, typer.Option("--correction", help="Multiplicity over classes x metrics.")]
+PermutationsOpt = Annotated[int, typer.Option("--permutations", help="Permutations of the stratified test (seeded).")]
+BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs (seeded).")]
+MinGroupOpt = Annotated[int, typer.Option("--min-group", help="Skip (and report) classes with fewer correct or "
+                                          "incorrect images.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds permutations, bootstrap, controls, k-means and pair "
+                                      "samples.")]
+RandomStoreOpt = Annotated[Optional[Path], typer.Option("--random-store", help="Store of the same architecture and "
+                                                        "images with randomised weights (extract without "
+                                                        "--checkpoint): Adebayo et al. sanity check.")]
+ClustersOpt = Annotated[int, typer.Option("--clusters", help="k of k-means for --by cluster.")]
+PairSampleOpt = Annotated[int, typer.Option("--pair-sample", help="At most this many maps per group for pairwise "
+                                            "group-level metrics (seeded sample).")]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Analysis size in pixels (default: the store's "
+                                                "input size).")]
+QOpt = Annotated[float, typer.Option("--q", help="Top fraction of pixels for the IoU masks.")]
 
 
 def human(json_path: Optional[Path]) -> Console:
@@ -348,24 +380,24 @@ def compare(
 @app.command()
 def consistency(
     store: Path = typer.Argument(..., help="A complete camstat store."),
-    by: By = typer.Option("correct", "--by", help="correct (H1 tests per class and pooled), class (group-level consistency per class) or cluster (k-means composition clusters; H1 tests within clusters)."),
+    by: ByOpt = By.correct,
     method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
-    target: Target = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies): dist, ssim, iou, corr, com, entropy, spread, pointing, energy (the last two need masks)."),
-    class_of: ClassOf = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (e.g. the train split); default: leave-one-out means of this store."),
-    correction: Correction = typer.Option("holm", "--correction", help="Multiplicity over classes x metrics: holm, fdr_bh or bonferroni."),
-    permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
-    min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
-    seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap, controls, k-means and pair samples."),
+    layer: LayerOpt = None,
+    target: TargetOpt = Target.pred,
+    metrics: MetricsOpt = None,
+    class_of: ClassOfOpt = ClassOf.pred,
+    reference: ReferenceOpt = None,
+    correction: CorrectionOpt = Correction.holm,
+    permutations: PermutationsOpt = 10000,
+    bootstrap: BootstrapOpt = 2000,
+    min_group: MinGroupOpt = 5,
+    seed: SeedOpt = 0,
     control: Optional[Control] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
-    random_store: Optional[Path] = typer.Option(None, "--random-store", help="Store of the same architecture with randomised weights (extract without --checkpoint): Adebayo et al. sanity check."),
-    clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
-    pair_sample: int = typer.Option(500, "--pair-sample", help="At most this many maps per group for pairwise group-level metrics (seeded sample)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Analysis size in pixels (default: the store's input size)."),
-    q: float = typer.Option(0.2, "--q", help="Top fraction of pixels for the IoU masks."),
+    random_store: RandomStoreOpt = None,
+    clusters: ClustersOpt = 8,
+    pair_sample: PairSampleOpt = 500,
+    size: SizeOpt = None,
+    q: QOpt = 0.2,
     save: bool = typer.Option(True, "--save/--no-save", help="Write the per-image metrics and result under the store's derived/ group."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
@@ -391,20 +423,20 @@ def report(
     inputs: list[str] = typer.Argument(..., help="Stores (H1) and/or train-reg run directories (H2); arm B's runs after --vs."),
     out_dir: Path = typer.Option(..., "--out", help="Report folder, e.g. studies/NAME (report.md, report.tex, results.json, fig-*.png)."),
     method: Optional[str] = typer.Option(None, "--method", help="Comma list of CAM methods to analyse (default: every method in the store)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
-    target: Target = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
-    by: By = typer.Option("correct", "--by", help="correct, class or cluster (as for consistency)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies)."),
-    class_of: ClassOf = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (default: leave-one-out)."),
-    correction: Correction = typer.Option("holm", "--correction", help="holm, fdr_bh or bonferroni."),
-    permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
-    min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
-    seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap and controls."),
+    layer: LayerOpt = None,
+    target: TargetOpt = Target.pred,
+    by: ByOpt = By.correct,
+    metrics: MetricsOpt = None,
+    class_of: ClassOfOpt = ClassOf.pred,
+    reference: ReferenceOpt = None,
+    correction: CorrectionOpt = Correction.holm,
+    permutations: PermutationsOpt = 10000,
+    bootstrap: BootstrapOpt = 2000,
+    min_group: MinGroupOpt = 5,
+    seed: SeedOpt = 0,
     control: Control = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
-    random_store: Optional[Path] = typer.Option(None, "--random-store", help="Randomised-weights store of the same architecture and images (Adebayo et al. control); used for every store it matches."),
-    clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
+    random_store: RandomStoreOpt = None,
+    clusters: ClustersOpt = 8,
     means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
     names: Optional[str] = typer.Option(None, "--names", help="compare: arm names A,B (default: from lambda and loss)."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Metric the galleries sort by (default: dist)."),
