@@ -17,10 +17,11 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from camstat.errors import CamstatError
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
+from camstat.present.terminal import (epoch_line, render_compare, render_consistency, render_extract, render_info,
+                                      render_layers, render_train)
 from camstat.records import jsonable
 
 # Newer Typer vendors click: reach its exception base through a public class.
@@ -92,6 +93,13 @@ def human(json_path: Optional[Path]) -> Console:
     """Where human output goes: stdout, or stderr when the JSON goes to stdout (``--json -``)."""
     return console if json_path is not None and str(json_path) == "-" else out
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+
+
+def show(items: list, json_path: Optional[Path]) -> None:
+    """Print a view (:mod:`camstat.present.terminal`) where human output goes."""
+    console_ = human(json_path)
+    for item in items:
+        console_.print(item, highlight=False, soft_wrap=isinstance(item, str))
 
 
 def write_json(path: Optional[Path], result: dict) -> None:
@@ -195,11 +203,7 @@ def extract(
             device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
             on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update,
         )
-    human(json_path).print(
-        f"{result.store}: {result.n} images, accuracy {result.accuracy:.4f}, {', '.join(result.methods)} at "
-        f"{', '.join(result.layers)}; {result.processed} processed at {result.images_per_second:.1f} img/s"
-        + ("" if result.complete else " (store not complete yet: other shards pending)")
-    )
+    show(render_extract(result.to_dict()), json_path)
     write_json(json_path, result.to_dict())
 
 
@@ -211,19 +215,8 @@ def info(
     """What a store holds: model, data, methods, layers, n, accuracy, completeness."""
     from camstat.store import open_store
 
-    s = open_store(store)
-    a = s.attrs
-    result = s.summary()
-    table = Table(title=str(store), show_header=False)
-    for key in ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
-                "methods", "layers", "layer_shapes", "targets", "input_size", "has_masks", "bad_images", "derived",
-                "created", "command"):
-        value = result[key]
-        if key == "accuracy" and value is not None:
-            value = f"{value:.4f}"
-        table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
-    table.add_row("classes", f"{len(a['classes'])}: {', '.join(a['classes'][:10])}{' ...' if len(a['classes']) > 10 else ''}")
-    human(json_path).print(table)
+    result = open_store(store).summary()
+    show(render_info(result), json_path)
     write_json(json_path, result)
 
 
@@ -246,12 +239,7 @@ def layers(
                                    trust_checkpoint=trust_checkpoint).module
     candidates = models.candidate_layers(module, (size, size))
     auto = models.resolve_layers(module, "auto", (size, size))
-    table = Table(title=f"{model}: candidate target layers at {size}x{size}")
-    for col in ("layer", "type", "output shape", ""):
-        table.add_column(col)
-    for c in candidates:
-        table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
-    human(json_path).print(table)
+    show(render_layers(model, size, candidates, auto), json_path)
     write_json(json_path, {"model": model, "size": size, "auto": auto,
                            "layers": [{"name": c.name, "type": c.type, "shape": list(c.out_shape)} for c in candidates]})
 
@@ -304,27 +292,13 @@ def train_reg(
         augment=augment, size=size, normalize=normalize, limit=limit, eval_limit=eval_limit,
         eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
     )
-    fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)
-
     def on_epoch(r: dict) -> None:
-        console.print(f"epoch {r['epoch']}: lambda {r['lambda']:g}  loss {r['loss']:.4f} (cls {r['loss_cls']:.4f}, "
-                      f"cam {fmt(r['loss_cam'])})  accuracy {r['accuracy']:.4f}  dist {fmt(r['dist'])}  "
-                      f"ssim {fmt(r['ssim'])}  {r['seconds']:.1f}s", highlight=False)
+        console.print(epoch_line(r), highlight=False)
 
     with progress_bar("train-reg") as update:
         result = train(config, progress=update, on_epoch=on_epoch)
-    if result.already_complete:
-        human(json_path).print(f"{result.out} is already complete ({result.epochs} epochs); pass --overwrite to train it again",
-                  soft_wrap=True, highlight=False)
-    for note in result.notes:
-        human(json_path).print(f"note: {note}", highlight=False, soft_wrap=True)
-    final = result.final
-    table = Table(title=f"{result.out}: {result.epochs} epochs, world size {result.world_size}")
-    for col in ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam"):
-        table.add_column(col, justify="right")
-    table.add_row(*(fmt(final.get(k), "g" if k == "lambda" else ".4f") for k in
-                    ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam")))
-    human(json_path).print(table)
+    show(render_train(result.out, result.epochs, result.world_size, result.final, result.notes,
+                      result.already_complete), json_path)
     write_json(json_path, result.to_dict())
 
 
@@ -343,37 +317,7 @@ def compare(
         raise CamstatError("compare needs two arms: camstat compare RUN... --vs RUN...")
     result = compare_runs(arm_a, arm_b, names=names.split(",") if names else None, means=means)
     d = result.to_dict()
-    a, b = result.names
-    num = lambda v, spec=".4f": "-" if v is None else format(v, spec)
-    ci = lambda s: "-" if not s or s.get("ci95") is None or s["ci95"][0] is None else \
-        f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-    metrics = ("accuracy", "dist", "ssim")
-    ref = "own class means, leave-one-out" if result.reference == "self" else f"class means of {result.reference}"
-    arms_table = Table(title=f"per arm: mean ± sd [95% CI] over runs; dist and ssim to {ref}")
-    for col in ("arm", "runs", *metrics):
-        arms_table.add_column(col, justify="right" if col != "arm" else "left")
-    for name in result.names:
-        arm = d["arms"][name]
-        arms_table.add_row(name, str(len(arm["runs"])),
-                           *(f"{num(arm[m]['mean'])} ± {num(arm[m]['sd'])}\n{ci(arm[m])}" for m in metrics))
-    human(json_path).print(arms_table)
-    paired_table = Table(title=f"paired by seed ({len(d['paired']['pairs'])} pairs): {a} - {b}")
-    for col in ("metric", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"):
-        paired_table.add_column(col, justify="right")
-    for m in metrics:
-        p = d["paired"][m] or {}
-        paired_table.add_row(m, num(p.get("mean_diff")), ci(p), num(p.get("p_ttest"), ".3g"),
-                             num(p.get("p_wilcoxon"), ".3g"))
-    human(json_path).print(paired_table)
-    for row in d["mcnemar"]["per_pair"]:
-        human(json_path).print(f"McNemar, seed {row['seed']}: {row['b']} images only {a} gets right, {row['c']} only {b};"
-                  f" exact p = {row['p_value']:.3g}", highlight=False, soft_wrap=True)
-    if d["mcnemar"]["pooled"]:
-        pooled = d["mcnemar"]["pooled"]
-        human(json_path).print(f"McNemar, pooled over {pooled['pairs']} pairs (descriptive): {pooled['b']} vs {pooled['c']};"
-                  f" p = {pooled['p_value']:.3g}", highlight=False, soft_wrap=True)
-    for note in result.notes:
-        human(json_path).print(f"note: {note}", highlight=False, soft_wrap=True)
+    show(render_compare(d, list(result.names), result.reference, result.notes), json_path)
     write_json(json_path, d)
 
 
@@ -403,7 +347,6 @@ def consistency(
 ) -> None:
     """Consistency metrics and H1 tests: are correct predictions' maps closer to their class's mean map?"""
     from camstat.h1 import analyze
-    from camstat.present.terminal import render_consistency
 
     with progress_bar("consistency") as update:
         result = analyze(
@@ -413,8 +356,7 @@ def consistency(
             random_store=random_store, clusters=clusters, pair_sample=pair_sample, save=save, progress=update,
         )
     d = result.to_dict()
-    for item in render_consistency(d):
-        human(json_path).print(item)
+    show(render_consistency(d), json_path)
     write_json(json_path, d)
 
 

@@ -139,3 +139,89 @@ def _random(rc: dict) -> list:
     if random_warning(rc):
         items.append(Text(f"  warning: {random_warning(rc)}", style="yellow"))
     return items
+
+
+# --------------------------------------------------------------------------
+# the other commands' views
+# --------------------------------------------------------------------------
+
+
+def render_extract(r: dict) -> list:
+    return [f"{r['store']}: {r['n']} images, accuracy {num(r['accuracy'], '.4f')}, {', '.join(r['methods'])} at "
+            f"{', '.join(r['layers'])}; {r['processed']} processed at {num(r['images_per_second'], '.1f')} img/s"
+            + ("" if r["complete"] else " (store not complete yet: other shards pending)")]
+
+
+INFO_KEYS = ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
+             "methods", "layers", "layer_shapes", "targets", "input_size", "has_masks", "bad_images", "derived",
+             "created", "command")
+
+
+def render_info(summary: dict) -> list:
+    """``camstat info``: one row per field of :meth:`camstat.store.Store.summary`."""
+    table = Table(title=summary["store"], show_header=False)
+    for key in INFO_KEYS:
+        value = summary[key]
+        if key == "accuracy" and value is not None:
+            value = num(value, ".4f")
+        table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
+    classes = summary["classes"]
+    table.add_row("classes", f"{len(classes)}: {', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}")
+    return [table]
+
+
+def render_layers(model: str, size: int, candidates: list, auto: list[str]) -> list:
+    table = _table(f"{model}: candidate target layers at {size}x{size}", ("layer", "type", "output shape", ""),
+                   ("layer", "type", "output shape", ""))
+    for c in candidates:
+        table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
+    return [table]
+
+
+def epoch_line(r: dict) -> str:
+    """One line per training epoch (``train-reg``)."""
+    return (f"epoch {r['epoch']}: lambda {num(r['lambda'], 'g')}  loss {num(r['loss'], '.4f')} (cls "
+            f"{num(r['loss_cls'], '.4f')}, cam {num(r['loss_cam'], '.4f')})  accuracy {num(r['accuracy'], '.4f')}  "
+            f"dist {num(r['dist'], '.4f')}  ssim {num(r['ssim'], '.4f')}  {num(r['seconds'], '.1f')}s")
+
+
+def render_train(out: str, epochs: int, world_size: int, final: dict, notes: list[str], already: bool) -> list:
+    items: list = []
+    if already:
+        items.append(f"{out} is already complete ({epochs} epochs); pass --overwrite to train it again")
+    items += [f"note: {note}" for note in notes]
+    keys = ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam")
+    table = _table(f"{out}: {epochs} epochs, world size {world_size}", keys, ())
+    table.add_row(*(num(final.get(k), "g" if k == "lambda" else ".4f") for k in keys))
+    return items + [table]
+
+
+def render_compare(d: dict, names: list[str], reference: str, notes: list[str]) -> list:
+    """``camstat compare``: arms (mean ± sd [CI]), the paired tests by seed, McNemar per seed pair."""
+    a, b = names
+    metrics = ("accuracy", "dist", "ssim")
+
+    def interval(s: dict | None) -> str:
+        return "-" if not s or not s.get("ci95") or s["ci95"][0] is None else ci(s["ci95"], ".4f")
+
+    ref = "own class means, leave-one-out" if reference == "self" else f"class means of {reference}"
+    arms = _table(f"per arm: mean ± sd [95% CI] over runs; dist and ssim to {ref}", ("arm", "runs", *metrics),
+                  ("arm",))
+    for name in names:
+        arm = d["arms"][name]
+        arms.add_row(name, str(len(arm["runs"])), *(f"{num(arm[m]['mean'], '.4f')} ± {num(arm[m]['sd'], '.4f')}\n"
+                                                    f"{interval(arm[m])}" for m in metrics))
+    paired = _table(f"paired by seed ({len(d['paired']['pairs'])} pairs): {a} - {b}",
+                    ("metric", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"), ())
+    for m in metrics:
+        p = d["paired"][m] or {}
+        paired.add_row(m, num(p.get("mean_diff"), ".4f"), interval(p), num(p.get("p_ttest"), ".3g"),
+                       num(p.get("p_wilcoxon"), ".3g"))
+    items: list = [arms, paired]
+    items += [f"McNemar, seed {row['seed']}: {row['b']} images only {a} gets right, {row['c']} only {b}; exact p = "
+              f"{num(row['p_value'], '.3g')}" for row in d["mcnemar"]["per_pair"]]
+    pooled = d["mcnemar"]["pooled"]
+    if pooled:
+        items.append(f"McNemar, pooled over {pooled['pairs']} pairs (descriptive): {pooled['b']} vs {pooled['c']}; "
+                     f"p = {num(pooled['p_value'], '.3g')}")
+    return items + [f"note: {note}" for note in notes]
