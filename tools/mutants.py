@@ -6,12 +6,14 @@ the repository to a temporary directory (one copy per job), applies one mutation
 ``python -m pytest <selection> -x -q`` with ``PYTHONPATH`` set to the copy, and restores the file. The
 working tree is never touched.
 
-Output: one line per mutation (``killed`` by which test, or ``SURVIVED``, and seconds), then
-``K/N mutants killed``; the exit code is 0 only when every mutation is killed.
+First every selection runs once unmutated (a test that fails already would "kill" anything; its mutations
+are reported ``BASELINE FAILS``). Output: one line per mutation (``killed`` by which test -- a run past
+the timeout counts as killed --, ``SURVIVED`` or ``NOT APPLIED`` when the snippet is not found, and seconds),
+then ``K/N mutants killed``; the exit code is 0 only when every mutation is killed.
 
     python tools/mutants.py                 # all, one job
     python tools/mutants.py --jobs 2        # two copies run side by side
-    python tools/mutants.py --only cam-gradcam-weights --only store-done-flags
+    python tools/mutants.py --only gradcam-weights-abs --only resume-ignores-done-flags
     python tools/mutants.py --list          # names, files and selections; checks every snippet applies
 
 Not part of CI: it reruns parts of the suite once per mutation (minutes). Run it after changing a test or a
@@ -32,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a test run needs from the repository; the rest (studies, stores, virtual environments) is not copied.
@@ -328,9 +331,10 @@ class Copies:
             copy_tree(root, copy)
             self.free.append(copy)
         self.jobs = jobs
+        self.root = self.free[0]
         self.lock = threading.Lock()
 
-    def map(self, task, items: list) -> list:
+    def map(self, task: Callable[[Any, Path], Any], items: list) -> list:
         """``task(item, copy)`` for every item, ``jobs`` at a time, results in order."""
 
         def one(item):
@@ -363,6 +367,8 @@ def failing_baselines(copies: Copies, mutations: tuple[Mutation, ...]) -> dict[t
     so module fixtures are built once).
     """
     tests = sorted({test for mutation in mutations for test in mutation.tests})
+    missing = {test for test in tests if not (copies.root / test.split("::")[0]).is_file()}
+    tests = [test for test in tests if test not in missing]
     files = sorted({test.split("::")[0] for test in tests})
     parts = [[t for t in tests if files.index(t.split("::")[0]) % copies.jobs == j] for j in range(copies.jobs)]
 
@@ -376,11 +382,11 @@ def failing_baselines(copies: Copies, mutations: tuple[Mutation, ...]) -> dict[t
         return failed, ""
 
     failed: list[str] = []
-    broken: dict[tuple[str, ...], str] = {}
+    broken = {mutation.tests: "no such test file" for mutation in mutations if set(mutation.tests) & missing}
     for nodes, whole in copies.map(baseline, parts):
         failed += nodes
         if whole:
-            broken.update({m.tests: whole for m in mutations if set(m.tests) <= set(nodes)})
+            broken.update({mutation.tests: whole for mutation in mutations if set(mutation.tests) <= set(nodes)})
     for mutation in mutations:
         # a failing test of the selection, or a file that failed to import (ERROR tests/test_x.py)
         hit = [node for node in failed for test in mutation.tests if covers(test, node) or covers(node, test)]
@@ -427,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="repository to copy (default: this one)")
     args = parser.parse_args(argv)
     mutations = selected(args.only)
-    problems = check_snippets(args.root, mutations)
     if args.list:
+        problems = check_snippets(args.root, mutations)
         for mutation in mutations:
             print(f"{mutation.name:<32} {mutation.path:<34} {' '.join(mutation.tests)}")
         print("\n".join(problems) or f"all {len(mutations)} snippets apply")

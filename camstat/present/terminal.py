@@ -146,10 +146,11 @@ def _random(rc: dict) -> list:
 # --------------------------------------------------------------------------
 
 
-def render_extract(r: dict) -> list:
+def render_extract(r: dict, shard: str | None = None) -> list:
     return [f"{r['store']}: {r['n']} images, accuracy {num(r['accuracy'], '.4f')}, {', '.join(r['methods'])} at "
             f"{', '.join(r['layers'])}; {r['processed']} processed at {num(r['images_per_second'], '.1f')} img/s"
-            + ("" if r["complete"] else " (store not complete yet: other shards pending)")]
+            + ("" if r["complete"] else " (store not complete yet: other shards pending)")
+            + ("" if r["owned_chunks"] else f" (shard {shard} owns no chunk: nothing to do)")]
 
 
 INFO_KEYS = ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
