@@ -331,7 +331,7 @@ class Copies:
             copy_tree(root, copy)
             self.free.append(copy)
         self.jobs = jobs
-        self.root = self.free[0]
+        self.any_copy = self.free[0]  # for looking up which test files exist
         self.lock = threading.Lock()
 
     def map(self, task: Callable[[Any, Path], Any], items: list) -> list:
@@ -367,7 +367,7 @@ def failing_baselines(copies: Copies, mutations: tuple[Mutation, ...]) -> dict[t
     so module fixtures are built once).
     """
     tests = sorted({test for mutation in mutations for test in mutation.tests})
-    missing = {test for test in tests if not (copies.root / test.split("::")[0]).is_file()}
+    missing = {test for test in tests if not (copies.any_copy / test.split("::")[0]).is_file()}
     tests = [test for test in tests if test not in missing]
     files = sorted({test.split("::")[0] for test in tests})
     parts = [[t for t in tests if files.index(t.split("::")[0]) % copies.jobs == j] for j in range(copies.jobs)]
