@@ -20,6 +20,7 @@ from camstat import models
 from camstat.cams import CamEngine, parse_methods, parse_targets
 from camstat.decoding import describe_intensity
 from camstat.devices import distributed_rank, resolve_device
+from camstat.embedding import HeadInput, find_head
 from camstat.errors import CamstatError
 from camstat.provenance import command_line, now, versions
 from camstat.store import StoreWriter, chunk_range, parse_shard
@@ -126,6 +127,7 @@ def extract(
     net = loaded.module.eval().requires_grad_(False).to(dev)
     layers = models.resolve_layers(net, layer, dataset.size)
     shapes = layer_shapes(net, layers, dataset[0][0].to(dev))
+    head = find_head(net, dataset[0][0].to(dev))
 
     attrs = {
         "model": model,
@@ -151,6 +153,7 @@ def extract(
         "command": command_line(),
         "versions": versions(),
         "device": str(dev),
+        "embedding": head.to_attrs(),
     }
     mask_shape = tuple(dataset.size) if dataset.has_masks else None
     chunks = chunk_range(len(dataset), chunk, shard_kn)
@@ -163,11 +166,11 @@ def extract(
         batches = [list(range(s, min(s + batch_size, sl.stop)))
                    for sl in map(writer.chunk_slice, pending) for s in range(sl.start, sl.stop, batch_size)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
-        with CamEngine(net, layers, method_list) as engine:
+        with CamEngine(net, layers, method_list) as engine, HeadInput(net, head) as head_input:
             parts: list = []
             for images, labels, idx in loader:
                 out = engine(images.to(dev), labels.to(dev), target_list)
-                parts.append((idx.numpy(), labels.numpy(), out))
+                parts.append((idx.numpy(), labels.numpy(), out, head_input.take()))
                 processed += len(idx)
                 if progress:
                     progress(processed, total)
@@ -210,6 +213,8 @@ def _write_chunk(writer: StoreWriter, k: int, parts: list, dataset) -> None:
         "correct": pred.numpy() == labels,
         "logits": logits.numpy(),
     }
+    if parts[0][3] is not None:
+        samples["embedding"] = torch.cat([p[3] for p in parts]).cpu().numpy().astype(np.float16)
     maps = {key: torch.cat([p[2].maps[key] for p in parts]).float().cpu().numpy() for key in parts[0][2].maps}
     for (method, layer, target), values in maps.items():
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)

@@ -6,6 +6,7 @@ Layout (see README, "Store layout")::
       zarr.json                  root attributes: schema, provenance, options
       samples/index|label|pred|confidence|correct|logits|done   (N, ...)
       samples/mask               (N, H, W) bool, only when the data has masks
+      samples/embedding          (N, D) float16, the classifier head's input (camstat.embedding), when found
       maps/<method>/<layer>/<target>   (N, h, w) float32 raw maps after ReLU
       derived/<name>/...         analysis results with the parameters used
       camstat.lock               byte-range locks of the writers
@@ -201,6 +202,18 @@ class Store:
             raise CamstatError(f"store {self.path} holds no ground-truth masks (its data has none)")
         return self.root["samples/mask"][indices]
 
+    @property
+    def has_embedding(self) -> bool:
+        return "embedding" in self.root["samples"]
+
+    def embedding(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """The classifier head's input (N, D) as stored (float16), taken in the extraction's forward pass."""
+        if not self.has_embedding:
+            why = (self.attrs.get("embedding") or {}).get("reason") or "it was extracted before camstat stored them"
+            raise CamstatError(f"store {self.path} holds no embeddings ({why}); re-extract it with"
+                               " `camstat extract ... --overwrite` or choose other --features")
+        return self.root["samples/embedding"][indices]
+
     def require_complete(self) -> None:
         done = self.done
         if not done.all():
@@ -386,6 +399,9 @@ class StoreWriter:
         samples.create_array("logits", shape=(n, num_classes), chunks=(c, num_classes), dtype="float32", fill_value=0)
         if mask_shape is not None:
             samples.create_array("mask", shape=(n, *mask_shape), chunks=(c, *mask_shape), dtype="bool", fill_value=False)
+        dim = (self.attrs.get("embedding") or {}).get("dim")
+        if dim:
+            samples.create_array("embedding", shape=(n, dim), chunks=(c, dim), dtype="float16", fill_value=0)
         maps = root.create_group("maps")
         for method in self.attrs["methods"]:
             for layer, (h, w) in self.attrs["layer_shapes"].items():
@@ -415,6 +431,8 @@ class StoreWriter:
             group[name][sl] = samples[name]
         if masks is not None:
             group["mask"][sl] = masks
+        if "embedding" in samples and "embedding" in group:  # a store made before embeddings has none
+            group["embedding"][sl] = samples["embedding"]
         for (method, layer, target), values in maps.items():
             self.root[f"maps/{method}/{layer}/{target}"][sl] = values
         group["done"][sl] = np.ones(sl.stop - sl.start, dtype=bool)
