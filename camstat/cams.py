@@ -258,7 +258,7 @@ def differentiable_cams(
     return NATIVE[method].cam(acts, grads)
 
 
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
+def minmax(maps: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's ``scale_cam_image`` without resize: ``(m - min) / (max + 1e-7)``."""
     flat = maps.flatten(1)
     m = maps - flat.min(dim=1).values[:, None, None]
@@ -286,7 +286,7 @@ def scale_maps(raw: np.ndarray | torch.Tensor, size: tuple[int, int] | None, nor
         return F.interpolate(x[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
     if normalize == "minmax":
-        out = _minmax(torch.relu(resize(_minmax(t))))
+        out = minmax(torch.relu(resize(minmax(t))))
     elif normalize == "sum":
         out = torch.relu(resize(t))
         total = out.flatten(1).sum(dim=1)[:, None, None]

@@ -245,7 +245,8 @@ def train_reg(
     size: Optional[int] = typer.Option(None, "--size", help="Input size (default: the data's own)."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="imagenet (default), cifar, none or MEAN,STD."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on N images (a fixed class-balanced subset)."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Hold out N test images (default: the whole test split)."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Hold out N images of the evaluated splits (default: all)."),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Split evaluated each epoch: val or test (default: val when the data has one, else test); the test split is evaluated once more at the end."),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (4-8 for image folders on GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seeds weights, data order and augmentation; compare pairs runs by seed."),
@@ -255,7 +256,8 @@ def train_reg(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Train with L = L_cls + lambda * L_cam (lambda 0 = baseline); writes model.pt, run.json, metrics.jsonl."""
-    from camstat.train import TrainConfig, train
+    from camstat.training.config import TrainConfig
+    from camstat.training.train import train
 
     config = TrainConfig(
         model=model, data=data, out=str(out_dir), lam=lam, loss=loss, cam=cam, means=str(means) if means else None,
@@ -263,7 +265,7 @@ def train_reg(
         means_update=means_update, ema_decay=ema_decay, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr_schedule=lr_schedule,
         augment=augment, size=size, normalize=normalize, limit=limit, eval_limit=eval_limit,
-        eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
+        eval_split=eval_split, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
     )
     fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)
 
@@ -291,51 +293,86 @@ def train_reg(
 
 @app.command(context_settings={"ignore_unknown_options": True})
 def compare(
-    runs: list[str] = typer.Argument(..., help="RUN... --vs RUN...: the runs of arm A, then --vs, then arm B's."),
+    runs: list[str] = typer.Argument(..., help="RUN... --vs RUN... (arm A, then arm B), or one sweep folder runs/NAME (every arm vs lambda 0)."),
     means: Optional[Path] = typer.Option(None, "--means", help="Measure consistency against this train-split store's class means (default: each run's own)."),
-    names: Optional[str] = typer.Option(None, "--names", help="Arm names A,B (default: from lambda and loss)."),
+    names: Optional[str] = typer.Option(None, "--names", help="Arm names A,B (default: from lambda, loss, cam and schedule)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
-    """H2: accuracy and consistency per arm (mean, sd, 95% CI), paired tests by seed, exact McNemar."""
-    from camstat.compare import compare_runs
+    """H2 with the seed as the unit: per arm mean, sd, 95% CI; paired by seed: t CI, sign-flip p, Wilcoxon."""
+    from camstat.compare import compare_runs, compare_sweep
+    from camstat.present.compare import render, render_sweep
 
     arm_a, arm_b = split_vs(runs, "compare")
-    if arm_b is None:
-        raise CamstatError("compare needs two arms: camstat compare RUN... --vs RUN...")
-    result = compare_runs(arm_a, arm_b, names=names.split(",") if names else None, means=means)
-    d = result.to_dict()
-    a, b = result.names
-    num = lambda v, spec=".4f": "-" if v is None else format(v, spec)
-    ci = lambda s: "-" if not s or s.get("ci95") is None or s["ci95"][0] is None else \
-        f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-    metrics = ("accuracy", "dist", "ssim")
-    ref = "own class means, leave-one-out" if result.reference == "self" else f"class means of {result.reference}"
-    arms_table = Table(title=f"per arm: mean ± sd [95% CI] over runs; dist and ssim to {ref}")
-    for col in ("arm", "runs", *metrics):
-        arms_table.add_column(col, justify="right" if col != "arm" else "left")
-    for name in result.names:
-        arm = d["arms"][name]
-        arms_table.add_row(name, str(len(arm["runs"])),
-                           *(f"{num(arm[m]['mean'])} ± {num(arm[m]['sd'])}\n{ci(arm[m])}" for m in metrics))
-    out.print(arms_table)
-    paired_table = Table(title=f"paired by seed ({len(d['paired']['pairs'])} pairs): {a} - {b}")
-    for col in ("metric", "mean diff", "95% CI", "p (t-test)", "p (Wilcoxon)"):
-        paired_table.add_column(col, justify="right")
-    for m in metrics:
-        p = d["paired"][m] or {}
-        paired_table.add_row(m, num(p.get("mean_diff")), ci(p), num(p.get("p_ttest"), ".3g"),
-                             num(p.get("p_wilcoxon"), ".3g"))
-    out.print(paired_table)
-    for row in d["mcnemar"]["per_pair"]:
-        out.print(f"McNemar, seed {row['seed']}: {row['b']} images only {a} gets right, {row['c']} only {b};"
-                  f" exact p = {row['p_value']:.3g}", highlight=False, soft_wrap=True)
-    if d["mcnemar"]["pooled"]:
-        pooled = d["mcnemar"]["pooled"]
-        out.print(f"McNemar, pooled over {pooled['pairs']} pairs (descriptive): {pooled['b']} vs {pooled['c']};"
-                  f" p = {pooled['p_value']:.3g}", highlight=False, soft_wrap=True)
-    for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if arm_b is None and len(arm_a) == 1 and not (Path(arm_a[0]) / "run.json").is_file():
+        d = compare_sweep(arm_a[0], means=means).to_dict()
+        items = render_sweep(d)
+    elif arm_b is None:
+        raise CamstatError("compare needs two arms: camstat compare RUN... --vs RUN... (or one sweep folder)")
+    else:
+        d = compare_runs(arm_a, arm_b, names=names.split(",") if names else None, means=means).to_dict()
+        items = render(d)
+    for item in items:
+        out.print(item, highlight=False, soft_wrap=isinstance(item, str))
     write_json(json_path, d)
+
+
+@app.command()
+def sweep(
+    data: str = typer.Option(..., "--data", help="As for train-reg."),
+    out_dir: Path = typer.Option(..., "--out", help="Sweep folder: runs go to OUT/<arm>/s<seed>/ (rerun to resume)."),
+    model: str = typer.Option("camstat:resnet20", "--model", help="Architecture spec, trained from scratch."),
+    lambdas: str = typer.Option("0,0.2", "--lambda", help="Comma list of lambdas; 0 is the baseline arm."),
+    losses: str = typer.Option("mean", "--loss", help="Comma list of losses: mean, variance, spread, neg-variance, hybrid."),
+    cams: str = typer.Option("gradcam", "--cam", help="Comma list: gradcam, gradcam++."),
+    seeds: str = typer.Option("0-4", "--seeds", help="Seeds, e.g. 0-4 or 0,1,2 (the unit of replication)."),
+    means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (class means) for every run."),
+    jobs: int = typer.Option(1, "--jobs", help="Train N runs at a time in local processes (1: in this process)."),
+    emit: Optional[str] = typer.Option(None, "--emit", help="slurm (array, one task per run) or torchrun: write OUT/sweep.slurm or OUT/sweep-torchrun.sh instead of training."),
+    hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms of --loss hybrid."),
+    schedule: str = typer.Option("constant", "--schedule", help="constant, linear or curriculum."),
+    layer: str = typer.Option("auto", "--layer", help="Target layer."),
+    epochs: int = typer.Option(200, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    augment: bool = typer.Option(True, "--augment/--no-augment"),
+    size: Optional[int] = typer.Option(None, "--size"),
+    normalize: Optional[str] = typer.Option(None, "--normalize"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
+    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="val or test (default: val when the data has one)."),
+    workers: int = typer.Option(0, "--workers"),
+    device: str = DeviceOpt,
+    amp: bool = typer.Option(False, "--amp"),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """H2: train every arm (lambda x loss x cam) x seed; skips complete runs, resumes interrupted ones."""
+    from camstat.sweep import parse_list, parse_seeds
+    from camstat.sweep import sweep as run_sweep
+    from camstat.training.config import TrainConfig
+
+    base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid, schedule=schedule,
+                       layer=layer, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
+                       size=size, normalize=normalize, limit=limit, eval_limit=eval_limit, eval_split=eval_split,
+                       workers=workers, device=device, amp=amp)
+
+    def on_run(row: dict) -> None:
+        error = f" ({row['error']})" if row.get("error") else ""
+        console.print(f"{row['arm']} seed {row['seed']}: {row['status']}{error}", highlight=False, soft_wrap=True)
+
+    result = run_sweep(base, lambdas=parse_list(lambdas, "--lambda", float), losses=parse_list(losses, "--loss"),
+                       cams=parse_list(cams, "--cam"), seeds=parse_seeds(seeds), out=out_dir, jobs=jobs, emit=emit,
+                       on_run=on_run)
+    if result.script:
+        out.print(f"{result.script}: {len(result.runs)} runs", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"{result.out}: " + ", ".join(f"{n} {k}" for k, n in result.counts.items()) +
+                  f" ({result.seconds:.0f} s); compare with: camstat compare {result.out}", highlight=False,
+                  soft_wrap=True)
+    write_json(json_path, result.to_dict())
+    if result.counts.get("failed"):
+        raise CamstatError(f"{result.counts['failed']} run(s) failed (see above, or {result.out}/logs with --jobs);"
+                           " fix the cause and rerun the sweep: it resumes")
 
 
 @app.command()
@@ -447,6 +484,32 @@ def demo(
     for line in result.summary:
         out.print(f"- {line}", highlight=False, soft_wrap=True)
     write_json(json_path, result.to_dict())
+
+
+@app.command("detect-errors")
+def detect_errors(
+    store: Path = typer.Argument(..., help="A complete camstat store (e.g. the test split)."),
+    reference: Path = typer.Option(..., "--reference", help="The same model's train-split store: its correct maps give the class means."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of consistency metrics (default all): dist, ssim, iou, corr, com."),
+    folds: int = typer.Option(5, "--folds", help="Folds of the out-of-fold combined model (stratified, seeded)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the folds and the bootstrap."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Can CAMs tell when the model is wrong? CAM consistency vs softmax confidence as error detectors."""
+    from camstat.detection import detect_errors as run_detect
+    from camstat.present.detection import tables, verdict
+
+    with progress_bar("detect-errors") as update:
+        result = run_detect(store, reference, method=method, layer=layer, metrics=metrics, folds=folds, seed=seed,
+                            n_boot=bootstrap, progress=update)
+    d = result.to_dict()
+    for t in tables(d):
+        out.print(t)
+    out.print(verdict(d), highlight=False, soft_wrap=True)
+    write_json(json_path, d)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,119 +1,85 @@
-"""``camstat compare``: H2 -- do regularised runs beat the baseline? (SPEC 5)
+"""``camstat compare``: H2 with the seed as the unit of replication (SPEC 5).
 
-Two arms of ``camstat train-reg`` runs (several seeds each). Per arm: mean,
-SD and 95 % CI over runs of held-out accuracy and of consistency -- ``dist``
-(mean per-image mean squared distance of the held-out true-class min-max
-maps to their class mean) and ``ssim`` (mean SSIM to it). Across arms:
-paired tests over seeds (runs are paired by ``--seed``), and the exact
-McNemar test on per-image correctness of each seed pair.
+Two arms of ``camstat train-reg`` runs, several seeds each, measured on the
+test split each run saved (``heldout.npz``). Per run one number per metric:
 
-The consistency reference is, by default, each run's *own* class means
-(of its correctly classified held-out maps, leave-one-out), so both arms are
-measured with the same yardstick -- not against the means one arm was
-trained towards. ``means=STORE`` measures every run against that store's
-class means instead (e.g. the baseline's training-set means).
+- ``accuracy`` -- the fraction of test images classified correctly;
+- consistency, on the images *this run gets right* only, so accuracy cannot
+  pass for consistency: ``dist`` (mean per-pixel squared distance of the
+  true-class min-max map to its class mean, lower = more consistent) and
+  ``ssim`` (SSIM to it, higher = more consistent);
+- concentration, on the same images, so flatter maps cannot pass for
+  consistency unseen: ``entropy`` (Shannon entropy of the sum-normalised
+  map) and ``spread`` (its radius of gyration / diagonal), see
+  :mod:`camstat.metrics`.
 
-Library entry point: :func:`compare_runs`, returning a :class:`CompareResult`
-whose ``to_dict()`` is what ``--json`` writes.
+The class mean is, by default, each run's *own* (its correct test maps,
+leave-one-out), so both arms are measured with their own yardstick;
+``means=STORE`` measures every run against that store's class means instead.
+
+Per arm: mean, SD and t-based 95 % CI over seeds. Between arms, paired by
+seed: :func:`camstat.seedtests.compare_seeds` (mean difference with its t CI,
+exact sign-flip p, Wilcoxon from 6 pairs). The exact McNemar test of each
+seed pair is descriptive only, next to the same statistic between two seeds
+of one arm (run-to-run scale); it is never the H2 verdict.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from camstat.errors import CamstatError
+from camstat.runs import Run, arm_key, arm_name, find_runs, load_run, read_info
 
-METRICS = ("accuracy", "dist", "ssim")
-HELDOUT_KEYS = ("index", "label", "pred", "correct", "dist_self", "ssim_self", "maps")
-
-
-@dataclass
-class RunData:
-    """One finished ``train-reg`` run as compare reads it."""
-
-    path: str
-    seed: int
-    lam: float
-    loss: str
-    info: dict  # run.json
-    heldout: dict[str, np.ndarray]
-    final: dict
-
-    @property
-    def resolved(self) -> dict:
-        return self.info.get("resolved", {})
+METRICS = ("accuracy", "dist", "ssim", "entropy", "spread")
+CONSISTENCY = ("dist", "ssim")
+CONCENTRATION = ("entropy", "spread")
 
 
-def load_run(path: str | Path) -> RunData:
-    """Read ``run.json`` and ``heldout.npz`` of a complete run (CamstatError otherwise)."""
-    path = Path(path)
-    run_json = path / "run.json"
-    if not run_json.is_file():
-        raise CamstatError(f"{path} is not a camstat train-reg run (no run.json)")
-    try:
-        info = json.loads(run_json.read_text())
-    except ValueError:
-        raise CamstatError(f"{run_json} is not valid JSON") from None
-    if info.get("status") != "complete" or not (path / "heldout.npz").is_file():
-        raise CamstatError(
-            f"run {path} is not complete; finish it by rerunning its `camstat train-reg` command (it resumes)"
-        )
-    with np.load(path / "heldout.npz", allow_pickle=False) as npz:
-        heldout = {k: npz[k] for k in npz.files}
-    missing = [k for k in HELDOUT_KEYS if k not in heldout]
-    if missing:
-        raise CamstatError(f"{path}/heldout.npz lacks {', '.join(missing)}; was it written by camstat train-reg?")
-    return RunData(path=str(path), seed=int(info.get("seed", 0)), lam=float(info.get("lambda", 0.0)),
-                   loss=str(info.get("loss", "")), info=info, heldout=heldout, final=info.get("final", {}))
+def run_values(run: Run, means: np.ndarray | None = None) -> dict[str, float]:
+    """One number per metric for one run (see the module docstring); NaN where no image qualifies."""
+    from camstat import metrics
 
-
-def _arm_name(runs: list[RunData], fallback: str) -> str:
-    keys = {(r.lam, r.loss if r.lam > 0 else "", r.info.get("schedule") if r.lam > 0 else "") for r in runs}
-    if len(keys) != 1:
-        return fallback
-    lam, loss, schedule = keys.pop()
-    if lam == 0:
-        return "lambda=0"
-    return f"lambda={lam:g} {loss}" + ("" if schedule == "constant" else f" {schedule}")
-
-
-def _run_consistency(run: RunData, means: np.ndarray | None) -> tuple[float, float]:
-    """(mean dist, mean ssim) of a run's held-out maps to the reference."""
     h = run.heldout
+    ok = h["correct"].astype(bool)
+    maps = h["maps"][ok]
     if means is None:
-        dist, ssim = h["dist_self"], h["ssim_self"]
+        dist, ssim = h["dist_self"][ok], h["ssim_self"][ok]
     else:
-        from camstat import metrics
-        from camstat.train import _ssim_pairs
+        from camstat.training.evaluate import ssim_pairs
 
         if means.shape[-2:] != h["maps"].shape[-2:]:
             raise CamstatError(f"--means maps are {means.shape[-2:]}, run {run.path} has {h['maps'].shape[-2:]}")
-        refs = means[h["label"]]
-        dist = np.asarray(metrics.dist(h["maps"], refs), np.float64)
-        ssim = _ssim_pairs(h["maps"], refs, tuple(run.resolved.get("input_size", h["maps"].shape[-2:])))
-    fin = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
-    return fin(dist), fin(ssim)
+        refs = means[h["label"][ok]]
+        dist = np.asarray(metrics.dist(maps, refs), np.float64)
+        ssim = ssim_pairs(maps, refs, tuple(run.resolved.get("input_size", maps.shape[-2:])))
+    mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+    concentration = {"entropy": metrics.entropy(maps), "spread": metrics.spread(maps)} if len(maps) else \
+        {"entropy": np.zeros(0), "spread": np.zeros(0)}
+    return {"accuracy": float(np.mean(ok)), "dist": mean(dist), "ssim": mean(ssim),
+            **{k: mean(np.asarray(v, np.float64)) for k, v in concentration.items()}}
 
 
 @dataclass
 class CompareResult:
-    """Arms, paired tests and McNemar tests; ``to_dict()`` is the ``--json`` output."""
+    """Arms, paired comparisons over seeds and descriptive McNemar tables; ``to_dict()`` is ``--json``."""
 
     names: tuple[str, str]
     runs: dict[str, list[str]]
     seeds: dict[str, list[int]]
     values: dict[str, dict[str, list[float]]]  # arm -> metric -> per run
-    summaries: dict[str, dict]  # arm -> metric -> Summary
+    summaries: dict[str, dict]  # arm -> metric -> stats.Summary
     pairs: list[dict]
-    paired: dict  # metric -> PairedResult
+    paired: dict  # metric -> seedtests.SeedComparison or None
     mcnemar: dict
     reference: str  # "self" (own leave-one-out class means) or the --means store
-    notes: list[str] = field(default_factory=list)
+    unpaired_seeds: list[int] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         a, b = self.names
@@ -131,11 +97,78 @@ class CompareResult:
                 "pairs": self.pairs,
                 **{m: (self.paired[m].to_dict() if self.paired.get(m) is not None else None) for m in METRICS},
             },
+            "families": {"consistency": list(CONSISTENCY), "concentration": list(CONCENTRATION)},
+            "consistency_images": "correct",
             "mcnemar": self.mcnemar,
             "reference": self.reference,
             "runs": [*self.runs[a], *self.runs[b]],
-            "notes": self.notes,
+            "unpaired_seeds": self.unpaired_seeds,
+            "models": self.models,
         }
+
+
+def _check_comparable(everyone: list[Run]) -> None:
+    first = everyone[0]
+    for run in everyone[1:]:
+        for key in ("data", "classes"):
+            if run.resolved.get(key) != first.resolved.get(key):
+                raise CamstatError(f"runs {first.path} and {run.path} differ in {key}; compare runs of one data set")
+        if not np.array_equal(run.heldout["index"], first.heldout["index"]):
+            raise CamstatError(
+                f"runs {first.path} and {run.path} were evaluated on different held-out images"
+                " (--eval-limit or data differ); paired tests need the same images"
+            )
+
+
+def _reference_means(means: str | Path, everyone: list[Run]) -> np.ndarray:
+    from camstat.training.means import class_means_from_store
+
+    keys = {(r.resolved.get("model"), r.info.get("cam"), r.resolved.get("layer"),
+             tuple(r.resolved.get("layer_size", ()))) for r in everyone}
+    if len(keys) != 1:
+        raise CamstatError("--means needs runs of one model, --cam and layer; compare without --means instead")
+    model, cam, layer, layer_size = keys.pop()
+    return class_means_from_store(means, model=model, classes=everyone[0].resolved["classes"], method=cam,
+                                  layer=layer, size=layer_size).means
+
+
+def _arm_names(arm_a: list[Run], arm_b: list[Run], names: Sequence[str] | None) -> tuple[str, str]:
+    if names is not None:
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise CamstatError("--names needs two different names, e.g. --names reg,base")
+        return names[0], names[1]
+    keys_a, keys_b = {r.key for r in arm_a}, {r.key for r in arm_b}
+    name_a = arm_name(keys_a.pop()) if len(keys_a) == 1 else "A"
+    name_b = arm_name(keys_b.pop()) if len(keys_b) == 1 else "B"
+    return ("A", "B") if name_a == name_b else (name_a, name_b)
+
+
+def _mcnemar_rows(pairs: list[tuple[Run, Run]]) -> list[dict]:
+    from camstat import stats
+
+    return [{"seed_a": ra.seed, "seed_b": rb.seed, "run_a": ra.path, "run_b": rb.path,
+             **stats.mcnemar_exact(ra.heldout["correct"], rb.heldout["correct"]).to_dict()} for ra, rb in pairs]
+
+
+def _mcnemar(arms: dict[str, list[Run]], pairs: list[tuple[Run, Run]]) -> dict:
+    """Exact McNemar per seed pair between the arms, and between every two seeds within each arm (descriptive)."""
+    per_pair = [{"seed": row["seed_a"], **row} for row in _mcnemar_rows(pairs)]
+    within = {name: _mcnemar_rows(list(combinations(sorted(runs, key=lambda r: r.seed), 2)))
+              for name, runs in arms.items()}
+    return {"descriptive": True, "per_pair": per_pair, "within_arm": within, "pooled": None}
+
+
+def _arm_stats(runs: list[Run], name: str, ref: np.ndarray | None) -> tuple[list[int], dict, dict]:
+    from camstat import stats
+
+    seeds = [r.seed for r in runs]
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise CamstatError(f"arm {name} has several runs of seed {dup[0]}; runs pair by seed, give one per seed")
+    per_run = [run_values(r, ref) for r in runs]
+    values = {m: [v[m] for v in per_run] for m in METRICS}
+    finite = lambda xs: [x for x in xs if np.isfinite(x)]
+    return seeds, values, {m: stats.summarize(finite(values[m])) for m in METRICS}
 
 
 def compare_runs(
@@ -148,115 +181,68 @@ def compare_runs(
     """Compare two arms of finished runs; differences are ``a - b``.
 
     Runs pair by seed (a seed may occur once per arm). All runs must hold the
-    same held-out images (same data, split selection and classes).
-    ``means``: a train-split store whose class means are the consistency
-    reference (default: each run's own leave-one-out class means).
+    same test images (same data, selection and classes). ``means``: a
+    train-split store whose class means are the consistency reference
+    (default: each run's own leave-one-out class means).
     """
-    from camstat import stats
+    from camstat.seedtests import compare_seeds
 
     if not runs_a or not runs_b:
         raise CamstatError("compare needs runs on both sides: camstat compare RUN... --vs RUN...")
-    arm_a = [load_run(p) for p in runs_a]
-    arm_b = [load_run(p) for p in runs_b]
-    if names is None:
-        name_a, name_b = _arm_name(arm_a, "A"), _arm_name(arm_b, "B")
-        if name_a == name_b:
-            name_a, name_b = "A", "B"
-    else:
-        if len(names) != 2 or not all(names) or names[0] == names[1]:
-            raise CamstatError("--names needs two different names, e.g. --names reg,base")
-        name_a, name_b = names
+    arm_a, arm_b = [load_run(p) for p in runs_a], [load_run(p) for p in runs_b]
+    name_a, name_b = _arm_names(arm_a, arm_b, names)
     arms = {name_a: arm_a, name_b: arm_b}
-
     everyone = arm_a + arm_b
-    first = everyone[0]
-    for run in everyone[1:]:
-        for key in ("data", "classes"):
-            if run.resolved.get(key) != first.resolved.get(key):
-                raise CamstatError(f"runs {first.path} and {run.path} differ in {key}; compare runs of one data set")
-        if not np.array_equal(run.heldout["index"], first.heldout["index"]):
-            raise CamstatError(
-                f"runs {first.path} and {run.path} were evaluated on different held-out images"
-                " (--eval-limit or data differ); paired tests need the same images"
-            )
-    notes: list[str] = []
-    models = {r.resolved.get("model") for r in everyone}
-    if len(models) > 1:
-        notes.append(f"the runs use different models: {', '.join(sorted(map(str, models)))}")
-
-    ref_means = None
-    reference = "self"
-    if means is not None:
-        from camstat.losses import class_means_from_store
-
-        keys = {(r.resolved.get("model"), r.info.get("cam"), r.resolved.get("layer"),
-                 tuple(r.resolved.get("layer_size", ()))) for r in everyone}
-        if len(keys) != 1:
-            raise CamstatError("--means needs runs of one model, --cam and layer; compare without --means instead")
-        model, cam, layer, layer_size = keys.pop()
-        ref_means = class_means_from_store(means, model=model, classes=first.resolved["classes"], method=cam,
-                                           layer=layer, size=layer_size).means
-        reference = str(means)
-
-    values: dict[str, dict[str, list[float]]] = {}
-    summaries: dict[str, dict] = {}
-    seeds: dict[str, list[int]] = {}
+    _check_comparable(everyone)
+    ref = _reference_means(means, everyone) if means is not None else None
+    seeds, values, summaries = {}, {}, {}
     for name, runs in arms.items():
-        seen = [r.seed for r in runs]
-        dup = sorted({s for s in seen if seen.count(s) > 1})
-        if dup:
-            raise CamstatError(f"arm {name} has several runs of seed {dup[0]}; runs pair by seed, give one per seed")
-        seeds[name] = seen
-        cons = [_run_consistency(r, ref_means) for r in runs]
-        values[name] = {
-            "accuracy": [float(np.mean(r.heldout["correct"])) for r in runs],
-            "dist": [c[0] for c in cons],
-            "ssim": [c[1] for c in cons],
-        }
-        summaries[name] = {m: stats.summarize(_finite(values[name][m])) for m in METRICS}
-
-    by_seed_b = {r.seed: i for i, r in enumerate(arm_b)}
-    pairs = [(i, by_seed_b[r.seed]) for i, r in enumerate(arm_a) if r.seed in by_seed_b]
-    unpaired = sorted(set(seeds[name_a]) ^ set(seeds[name_b]))
-    if unpaired:
-        notes.append(f"seeds without a partner left out of the paired tests: {', '.join(map(str, unpaired))}")
-    paired: dict = {}
+        seeds[name], values[name], summaries[name] = _arm_stats(runs, name, ref)
+    index_b = {r.seed: j for j, r in enumerate(arm_b)}
+    idx = [(i, index_b[r.seed]) for i, r in enumerate(arm_a) if r.seed in index_b]
+    pairs = [(arm_a[i], arm_b[j]) for i, j in idx]
+    paired = {}
     for m in METRICS:
-        a = np.array([values[name_a][m][i] for i, _ in pairs])
-        b = np.array([values[name_b][m][j] for _, j in pairs])
-        ok = np.isfinite(a) & np.isfinite(b)
-        paired[m] = stats.paired_test(a[ok], b[ok]) if pairs else None
-    if not pairs:
-        notes.append("no seed occurs in both arms: no paired tests or McNemar tests")
-
-    per_pair = []
-    for i, j in pairs:
-        ra, rb = arm_a[i], arm_b[j]
-        res = stats.mcnemar_exact(ra.heldout["correct"], rb.heldout["correct"])
-        per_pair.append({"seed": ra.seed, "run_a": ra.path, "run_b": rb.path, **res.to_dict()})
-    pooled = None
-    if len(pairs) > 1:
-        res = stats.mcnemar_exact(np.concatenate([arm_a[i].heldout["correct"] for i, _ in pairs]),
-                                  np.concatenate([arm_b[j].heldout["correct"] for _, j in pairs]))
-        pooled = {**res.to_dict(), "pairs": len(pairs),
-                  "note": "discordant images summed over seed pairs; each image counts once per pair, so the"
-                          " pairs are not independent: read it as descriptive next to the per-pair tests"}
-    mcnemar = {"b_means": f"{name_a} right, {name_b} wrong", "c_means": f"{name_a} wrong, {name_b} right",
-               "per_pair": per_pair, "pooled": pooled}
+        x = np.array([values[name_a][m][i] for i, _ in idx])
+        y = np.array([values[name_b][m][j] for _, j in idx])
+        ok = np.isfinite(x) & np.isfinite(y)
+        paired[m] = compare_seeds(x[ok], y[ok]) if idx else None
     return CompareResult(
-        names=(name_a, name_b),
-        runs={name: [r.path for r in runs] for name, runs in arms.items()},
-        seeds=seeds,
-        values=values,
-        summaries=summaries,
-        pairs=[{"seed": arm_a[i].seed, "run_a": arm_a[i].path, "run_b": arm_b[j].path} for i, j in pairs],
-        paired=paired,
-        mcnemar=mcnemar,
-        reference=reference,
-        notes=notes,
+        names=(name_a, name_b), runs={n: [r.path for r in rs] for n, rs in arms.items()}, seeds=seeds,
+        values=values, summaries=summaries,
+        pairs=[{"seed": ra.seed, "run_a": ra.path, "run_b": rb.path} for ra, rb in pairs],
+        paired=paired, mcnemar=_mcnemar(arms, pairs), reference="self" if means is None else str(means),
+        unpaired_seeds=sorted(set(seeds[name_a]) ^ set(seeds[name_b])),
+        models=sorted({str(r.resolved.get("model")) for r in everyone}),
     )
 
 
-def _finite(values: list[float]) -> np.ndarray:
-    a = np.asarray(values, np.float64)
-    return a[np.isfinite(a)]
+@dataclass
+class SweepComparison:
+    """Every arm of a sweep folder compared with its lambda-0 arm."""
+
+    root: str
+    comparisons: list[CompareResult]  # each: an arm (first) against the lambda-0 arm of its cam
+
+    def to_dict(self) -> dict:
+        return {"sweep": self.root, "comparisons": [c.to_dict() for c in self.comparisons]}
+
+
+def compare_sweep(root: str | Path, *, means: str | Path | None = None) -> SweepComparison:
+    """``camstat compare runs/NAME``: each arm of ``runs/NAME/<arm>/s<seed>/`` against the lambda-0 arm."""
+    paths = find_runs(root)
+    if not paths:
+        raise CamstatError(f"{root} holds no runs (expected {root}/<arm>/s<seed>/run.json); run `camstat sweep` first")
+    arms: dict[tuple, list[Path]] = {}
+    for path in paths:
+        arms.setdefault(arm_key(read_info(path)), []).append(path)
+    bases = {k[3]: k for k in arms if k[0] == 0}  # a baseline per cam: the cam makes the maps measured
+    others = sorted((k for k in arms if k[0] > 0), key=lambda k: (k[0], k[1:]))
+    if not bases:
+        raise CamstatError(f"{root} has no lambda-0 arm to compare with; add --lambda 0 to the sweep")
+    if not others:
+        raise CamstatError(f"{root} holds only lambda-0 arms; nothing to compare them with")
+    missing = sorted({k[3] for k in others} - set(bases))
+    if missing:
+        raise CamstatError(f"{root} has no lambda-0 arm with --cam {missing[0]}; add it to the sweep")
+    return SweepComparison(str(root), [compare_runs(arms[k], arms[bases[k[3]]], means=means) for k in others])

@@ -83,7 +83,8 @@ def demo(
     """Run the demo; returns where the report is and a three-line summary."""
     from camstat.extract import extract
     from camstat.report import report
-    from camstat.train import TrainConfig, train
+    from camstat.training.config import TrainConfig
+    from camstat.training.train import train
 
     cfg = config or (FAST if fast else FULL)
     say = progress or (lambda msg: None)

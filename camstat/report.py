@@ -558,7 +558,7 @@ def classify_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path
 
 
 def _read_run(path: Path) -> dict:
-    from camstat.train import read_records
+    from camstat.runs import read_records
 
     try:
         info = json.loads((path / "run.json").read_text())
@@ -584,18 +584,16 @@ def _read_run(path: Path) -> dict:
     }
 
 
-def _arm_key(run: dict) -> tuple:
-    lam = run.get("lambda") or 0.0
-    return (lam, run.get("loss") if lam else "", run.get("schedule") if lam else "", run.get("cam") if lam else "")
-
-
-def split_arms(runs: list[Path], infos: list[dict]) -> tuple[list[Path], list[Path]] | None:
+def split_arms(runs: list[Path]) -> tuple[list[Path], list[Path]] | None:
     """Two arms from runs of exactly two configurations: (regularised / larger lambda, the other)."""
-    keys = sorted({_arm_key(i) for i in infos}, key=lambda k: (-k[0], k[1:]))
+    from camstat.runs import arm_key, read_info
+
+    run_keys = [arm_key(read_info(p)) for p in runs]
+    keys = sorted(set(run_keys), key=lambda k: (-k[0], k[1:]))
     if len(keys) != 2:
         return None
-    a = [p for p, i in zip(runs, infos) if _arm_key(i) == keys[0]]
-    b = [p for p, i in zip(runs, infos) if _arm_key(i) == keys[1]]
+    a = [p for p, k in zip(runs, run_keys) if k == keys[0]]
+    b = [p for p, k in zip(runs, run_keys) if k == keys[1]]
     return a, b
 
 
@@ -805,7 +803,7 @@ def report(
     if vs_runs:
         arms = (runs, vs_runs)
     elif len(runs) >= 2:
-        arms = split_arms(runs, run_infos)
+        arms = split_arms(runs)
     if arms is not None:
         from camstat.compare import compare_runs
 

@@ -1,4 +1,4 @@
-"""H2 comparison of train-reg runs (per-arm summaries, paired tests by seed, McNemar) and the digits pipeline."""
+"""H2 comparison of train-reg runs (seed-level summaries and paired tests, descriptive McNemar), the digits pipeline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from camstat import stats
 from camstat.cli import main
 from camstat.compare import compare_runs
 from camstat.errors import CamstatError
-from camstat.train import TrainConfig, read_records, train
+from camstat.runs import read_records
+from camstat.training.config import TrainConfig
+from camstat.training.train import train
 
 TINY = dict(model="camstat:smallcnn", data="builtin:digits", limit=256, eval_limit=60, batch_size=16, epochs=3,
             lr=0.1, device="cpu")
@@ -39,6 +41,8 @@ def heldout(run):
 
 
 def test_compare_runs_numbers(arms):
+    from camstat import metrics
+
     root, base, reg = arms
     result = compare_runs(reg, base)
     d = result.to_dict()
@@ -49,24 +53,36 @@ def test_compare_runs_numbers(arms):
     for name in (a, b):
         arm = d["arms"][name]
         assert arm["seeds"] == [0, 1]
-        assert set(arm) >= {"runs", "accuracy", "dist", "ssim"}
+        assert set(arm) >= {"runs", "accuracy", "dist", "ssim", "entropy", "spread"}
         expected = stats.summarize(acc[name]).to_dict()
         assert arm["accuracy"]["mean"] == pytest.approx(expected["mean"])
         assert arm["accuracy"]["ci95"] == pytest.approx(expected["ci95"], nan_ok=True)
-        # consistency is the run's own (leave-one-out) class means by default, as recorded at its last epoch
+        # consistency and concentration on the images the run gets right, to its own leave-one-out class means
         runs = reg if name == a else base
-        assert arm["dist"]["values"] == pytest.approx([read_records(r)[-1]["dist_self"] for r in runs])
-        assert arm["ssim"]["values"] == pytest.approx([read_records(r)[-1]["ssim_self"] for r in runs])
+        ok = [heldout(r)["correct"] for r in runs]
+        assert arm["dist"]["values"] == pytest.approx([np.nanmean(heldout(r)["dist_self"][c]) for r, c in zip(runs, ok)])
+        assert arm["ssim"]["values"] == pytest.approx([np.nanmean(heldout(r)["ssim_self"][c]) for r, c in zip(runs, ok)])
+        assert arm["entropy"]["values"] == pytest.approx(
+            [metrics.entropy(heldout(r)["maps"][c]).mean() for r, c in zip(runs, ok)])
+        assert arm["spread"]["values"] == pytest.approx(
+            [metrics.spread(heldout(r)["maps"][c]).mean() for r, c in zip(runs, ok)])
     paired = stats.paired_test(acc[a], acc[b]).to_dict()
     assert d["paired"]["accuracy"]["mean_diff"] == pytest.approx(paired["mean_diff"])
+    assert d["paired"]["accuracy"]["ci95"] == pytest.approx(paired["ci95"])
+    # two seeds: 4 sign patterns, |d1 + d2| is reached by 2 of them unless a difference is 0
+    assert d["paired"]["accuracy"]["p_signflip"] in (0.5, 1.0)
+    assert d["paired"]["accuracy"]["p_wilcoxon"] is None  # fewer than 6 pairs
     assert d["paired"]["difference"] == f"{a} - {b}"
     assert [p["seed"] for p in d["paired"]["pairs"]] == [0, 1]
     for row, r, s in zip(d["mcnemar"]["per_pair"], reg, base):
         expected = stats.mcnemar_exact(heldout(r)["correct"], heldout(s)["correct"]).to_dict()
         assert {k: row[k] for k in ("b", "c", "p_value")} == pytest.approx(expected)
-    pooled = d["mcnemar"]["pooled"]
-    assert pooled["pairs"] == 2
-    assert pooled["b"] == sum(row["b"] for row in d["mcnemar"]["per_pair"])
+    assert d["mcnemar"]["descriptive"] is True and d["mcnemar"]["pooled"] is None
+    for name, runs in ((a, reg), (b, base)):  # the run-to-run scale: the same statistic within an arm
+        (row,) = d["mcnemar"]["within_arm"][name]
+        expected = stats.mcnemar_exact(heldout(runs[0])["correct"], heldout(runs[1])["correct"]).to_dict()
+        assert (row["seed_a"], row["seed_b"]) == (0, 1)
+        assert {k: row[k] for k in ("b", "c", "p_value")} == pytest.approx(expected)
 
 
 def test_pairs_by_seed_not_by_position(arms):
@@ -77,7 +93,7 @@ def test_pairs_by_seed_not_by_position(arms):
     assert two["paired"]["accuracy"]["mean_diff"] == pytest.approx(one["paired"]["accuracy"]["mean_diff"])
     lone = compare_runs(reg[:1], base).to_dict()
     assert [p["seed"] for p in lone["paired"]["pairs"]] == [0] and lone["mcnemar"]["pooled"] is None
-    assert any("without a partner" in n for n in lone["notes"])
+    assert lone["unpaired_seeds"] == [1]
 
 
 def test_compare_cli_json_and_table(arms, tmp_path, capsys):
@@ -85,7 +101,7 @@ def test_compare_cli_json_and_table(arms, tmp_path, capsys):
     path = tmp_path / "cmp.json"
     assert main(["compare", *reg, "--vs", *base, "--names", "reg,base", "--json", str(path)]) == 0
     shown = capsys.readouterr().out
-    assert "McNemar, seed 0" in shown and "accuracy" in shown
+    assert "McNemar" in shown and "descriptive" in shown and "accuracy" in shown
     d = json.loads(path.read_text())
     assert list(d["arms"]) == ["reg", "base"]
     assert d["runs"] == [*reg, *base]
@@ -164,3 +180,67 @@ def test_digits_end_to_end(tmp_path, capsys):
         assert t[-1] < t[0]
     assert len(d["mcnemar"]["per_pair"]) == 2
     assert seconds < 120
+
+
+# -- the seed-level statistics -------------------------------------------------------------------------
+
+
+def enumerate_sign_flips(d: np.ndarray) -> float:
+    """Two-sided p by listing every sign pattern: #{s : |sum s_i d_i| >= |sum d_i|} / 2^n."""
+    import itertools
+
+    observed = abs(d.sum())
+    sums = [abs(np.dot(s, d)) for s in itertools.product((-1.0, 1.0), repeat=len(d))]
+    return float(np.mean(np.asarray(sums) >= observed - 1e-12 * max(1.0, np.abs(d).sum())))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 9, 12])
+def test_sign_flip_p_equals_exhaustive_enumeration(n):
+    from camstat.seedtests import sign_flip_test
+
+    rng = np.random.default_rng(n)
+    cases = [rng.normal(0.3, 1.0, n), rng.normal(0, 1, n), np.round(rng.normal(0, 1, n), 1),  # ties in |d|
+             np.r_[np.zeros(n - 1), 0.5] if n > 1 else np.array([0.5])]
+    for d in cases:
+        res = sign_flip_test(d)
+        assert res.exact and res.n == n
+        assert res.p_value == pytest.approx(enumerate_sign_flips(d), abs=1e-12), d
+    assert sign_flip_test(np.full(6, 0.01)).p_value == pytest.approx(2 / 2**6)  # the smallest p with 6 seeds
+
+
+def test_sign_flip_false_positive_rate_under_the_null():
+    """10 seed pairs, differences symmetric about 0 but heavy-tailed and of unequal spread per seed.
+
+    600 replicates (seeded): the SD of the FPR estimate is ~0.009 at 0.05 and ~0.012 at 0.10, so an FPR of 0.10
+    would fall outside [0.03, 0.07] with probability > 0.99.
+    """
+    from camstat.seedtests import sign_flip_test
+
+    rng = np.random.default_rng(2026)
+    scales = np.linspace(0.5, 2.0, 10)
+    d = rng.standard_t(3, size=(600, 10)) * scales
+    fpr = np.mean([sign_flip_test(row).p_value <= 0.05 for row in d])
+    assert 0.03 <= fpr <= 0.07, fpr
+    # and it has power: a shift of about one average SD is found most of the time
+    power = np.mean([sign_flip_test(row + 2.0).p_value <= 0.05 for row in d[:150]])
+    assert power > 0.5, power
+
+
+def test_t_intervals_equal_scipy():
+    import scipy.stats
+
+    from camstat.seedtests import compare_seeds
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(0.8, 0.02, 7), rng.normal(0.79, 0.02, 7)
+    s = stats.summarize(a)
+    lo, hi = scipy.stats.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=scipy.stats.sem(a))
+    assert s.ci95 == pytest.approx((lo, hi), rel=1e-12)
+    c = compare_seeds(a, b)
+    ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert c.ci95 == pytest.approx((ci.low, ci.high), rel=1e-12)
+    d = a - b
+    assert c.ci95 == pytest.approx(scipy.stats.t.interval(0.95, 6, loc=d.mean(), scale=scipy.stats.sem(d)), rel=1e-12)
+    assert c.p_wilcoxon == pytest.approx(scipy.stats.wilcoxon(a, b).pvalue)  # 7 pairs: Wilcoxon is given
+    assert c.p_signflip == pytest.approx(enumerate_sign_flips(d))
+    assert compare_seeds(a[:5], b[:5]).p_wilcoxon is None  # under 6 pairs it cannot reach 0.05

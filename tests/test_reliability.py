@@ -585,7 +585,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     import signal
     import time
 
-    from camstat.train import read_records
+    from camstat.runs import read_records
 
     args = ["train-reg", "--model", "camstat:smallcnn", "--data", "builtin:digits", "--limit", "192",
             "--eval-limit", "60", "--batch-size", "32", "--epochs", "3", "--lambda", "0.3", "--loss", "variance",

@@ -17,7 +17,8 @@ from camstat.compare import compare_runs
 from camstat.errors import CamstatError
 from camstat.extract import extract
 from camstat.report import report
-from camstat.train import TrainConfig, train
+from camstat.training.config import TrainConfig
+from camstat.training.train import train
 
 N = 240
 K = 6

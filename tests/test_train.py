@@ -18,18 +18,12 @@ from camstat.cli import main
 from camstat.data import load_dataset, parse_normalize
 from camstat.errors import CamstatError
 from camstat.extract import extract
-from camstat.losses import (
-    CamHook,
-    CamLoss,
-    class_means_from_store,
-    lambda_at,
-    mean_term,
-    parse_hybrid,
-    spread_term,
-    training_cams,
-    variance_term,
-)
-from camstat.train import TrainConfig, own_reference, read_records, train
+from camstat.runs import read_records
+from camstat.training.config import TrainConfig, lambda_at, loss_weights, parse_hybrid
+from camstat.training.evaluate import own_reference, ssim_pairs
+from camstat.training.losses import CamHook, CamLoss, mean_term, spread_term, training_cams, variance_term
+from camstat.training.means import class_means_from_store
+from camstat.training.train import train
 
 LOSS_KINDS = ("mean", "variance", "spread", "neg-variance", "hybrid")
 # a tiny, fast configuration of digits runs
@@ -93,7 +87,7 @@ def test_cams_under_bf16_autocast_stay_float32():
     assert acts.dtype == torch.bfloat16
     maps = training_cams(acts, logits.gather(1, y[:, None])[:, 0], "gradcam++")
     assert maps.dtype == torch.float32
-    loss = CamLoss("mean", means=blobs(4, 8, 8), num_classes=4)(maps, y)
+    loss = CamLoss({"mean": 1.0}, means=blobs(4, 8, 8), num_classes=4)(maps, y)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
@@ -109,8 +103,8 @@ def test_cam_loss_gradients_are_finite_and_nonzero(kind, method):
     net = models.build_model("camstat:smallcnn", 4).train()
     x, y = batch(16)
     _, maps = cams_of(net, "features", x, y, method)
-    loss = CamLoss(kind, means=blobs(4, 8, 8), num_classes=4, weights={"mean": 1, "variance": 1, "spread": 1}
-                   if kind == "hybrid" else {})(maps, y)
+    weights = loss_weights(kind, "mean=1,variance=1,spread=1")
+    loss = CamLoss(weights, means=blobs(4, 8, 8), num_classes=4)(maps, y)
     loss.backward()
     grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
     assert all(torch.isfinite(g).all() for g in grads.values())
@@ -125,8 +119,7 @@ def test_each_loss_decreases_its_own_term(kind):
     torch.manual_seed(0)
     net = models.build_model("camstat:smallcnn", 4).train()
     x, y = batch(32)
-    cam_loss = CamLoss(kind, means=blobs(4, 8, 8), num_classes=4,
-                       weights={"mean": 1.0, "spread": 1.0} if kind == "hybrid" else {})
+    cam_loss = CamLoss(loss_weights(kind, "mean=1,spread=1"), means=blobs(4, 8, 8), num_classes=4)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     values = []
     for _ in range(25):
@@ -159,8 +152,9 @@ def test_loss_terms_values():
     for bad in ("mean", "foo=1", "mean=-1", "mean=0"):
         with pytest.raises(CamstatError):
             parse_hybrid(bad)
-    with pytest.raises(CamstatError, match="--means"):
-        CamLoss("mean")
+    with pytest.raises(ValueError, match="class mean maps"):
+        CamLoss({"mean": 1.0})
+    assert loss_weights("spread", "mean=2") == {"spread": 1.0}
 
 
 def test_lambda_schedules():
@@ -168,8 +162,8 @@ def test_lambda_schedules():
     assert [lambda_at(e, 0.4, "linear", 4) for e in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert [lambda_at(e, 1.0, "curriculum", 6, warmup=2, ramp=2) for e in range(6)] == [0, 0, 0.5, 1, 1, 1]
     assert [lambda_at(e, 0.0, "curriculum", 3, 1, 1) for e in range(3)] == [0, 0, 0]
-    with pytest.raises(CamstatError):
-        lambda_at(0, 1.0, "cosine", 3)
+    with pytest.raises(CamstatError, match="schedule"):
+        TrainConfig(schedule="cosine").validate()
 
 
 def test_own_reference_is_leave_one_out():
@@ -408,12 +402,50 @@ def test_torchrun_ddp_two_processes(tmp_path):
 
 def test_ssim_of_maps_under_7x7_is_taken_at_the_input_size():
     from camstat import metrics
-    from camstat.train import _ssim_pairs
 
     rng = np.random.default_rng(0)
     maps, refs = rng.random((5, 4, 4)), rng.random((5, 4, 4))
-    got = _ssim_pairs(maps, refs, (16, 16))
+    got = ssim_pairs(maps, refs, (16, 16))
     up = lambda a: F.interpolate(torch.tensor(a, dtype=torch.float32)[:, None], size=(16, 16), mode="bilinear",
                                  align_corners=False)[:, 0].numpy()
     np.testing.assert_allclose(got, metrics.ssim(up(maps), up(refs)), atol=1e-12)
-    assert np.allclose(_ssim_pairs(maps.repeat(2, 1).repeat(2, 2), maps.repeat(2, 1).repeat(2, 2), (8, 8)), 1.0)
+    assert np.allclose(ssim_pairs(maps.repeat(2, 1).repeat(2, 2), maps.repeat(2, 1).repeat(2, 2), (8, 8)), 1.0)
+
+
+def test_eval_split_defaults_to_val_and_test_is_evaluated_apart(tmp_path, monkeypatch):
+    """A data set with a validation split: epochs are evaluated on it, the test split once at the end."""
+    from camstat import data as data_mod
+
+    original = data_mod.load_dataset
+
+    def with_val(spec, split, **kw):  # digits has no val split: stand one in (30 test images)
+        return original(spec, "test", **{**kw, "limit": 30}) if split == "val" else original(spec, split, **kw)
+
+    monkeypatch.setattr(data_mod, "load_dataset", with_val)
+    run = train(TrainConfig(out=str(tmp_path / "v"), epochs=1, **TINY))
+    info = json.loads((tmp_path / "v" / "run.json").read_text())
+    assert info["eval_split"] == "val" and info["resolved"]["n_heldout"] == 30
+    assert info["test"]["split"] == "test" and info["test"]["n"] == TINY["eval_limit"] == run.test["n"]
+    with np.load(tmp_path / "v" / "heldout.npz") as h:  # the per-image file is the test split's
+        assert len(h["correct"]) == TINY["eval_limit"]
+        assert info["test"]["accuracy"] == pytest.approx(h["correct"].mean())
+    monkeypatch.setattr(data_mod, "load_dataset", original)
+    plain = train(TrainConfig(out=str(tmp_path / "t"), epochs=1, **TINY))
+    info = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert info["eval_split"] == "test"
+    assert info["test"]["accuracy"] == plain.final["accuracy"] and info["test"]["dist"] == plain.final["dist"]
+    with pytest.raises(CamstatError, match="validation split"):
+        train(TrainConfig(out=str(tmp_path / "x"), epochs=1, eval_split="val", **TINY))
+
+
+def test_config_to_args_round_trips_through_the_command_line(monkeypatch):
+    from camstat.training import train as train_mod
+
+    cfg = TrainConfig(out="runs/x", lam=0.2, loss="hybrid", hybrid="mean=1,variance=2", cam="gradcam++",
+                      means="store/m.zarr", augment=False, amp=True, limit=64, eval_split="test", lr=0.05, **{
+                          k: v for k, v in TINY.items() if k not in ("limit",)})
+    seen = []
+    monkeypatch.setattr(train_mod, "train", lambda config, **kw: seen.append(config) or (_ for _ in ()).throw(Stop))
+    with pytest.raises(Stop):
+        main(["--debug", "train-reg", *cfg.to_args()])
+    assert seen[0] == cfg

@@ -3,7 +3,7 @@
 SPEC: with the target layer at the last convolutional stage, a regularised
 step (``L_cls + lambda * L_cam``, differentiable Grad-CAM of the true class)
 costs at most 1.25x a plain cross-entropy step of the same model and batch.
-Both steps are :func:`camstat.train.train_step` -- the code ``train-reg``
+Both steps are :func:`camstat.training.train.train_step` -- the code ``train-reg``
 runs -- on the same model, batch and optimiser; they are timed alternately
 (so machine load hits both alike) after a warm-up, and the medians compared.
 
@@ -25,8 +25,9 @@ import torch
 from camstat import models
 from camstat.devices import resolve_device
 from camstat.extract import layer_shapes
-from camstat.losses import CamHook, CamLoss
-from camstat.train import train_step
+from camstat.training.config import loss_weights
+from camstat.training.losses import CamHook, CamLoss
+from camstat.training.train import train_step
 
 
 def bench(spec: str, cam: str, loss: str, batch: int, size: int, repeats: int, warmup: int, device: torch.device,
@@ -42,7 +43,7 @@ def bench(spec: str, cam: str, loss: str, batch: int, size: int, repeats: int, w
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
     means = torch.rand(num_classes, *hw, device=device)
-    cam_loss = CamLoss(loss, means=means, num_classes=num_classes)
+    cam_loss = CamLoss(loss_weights(loss), means=means, num_classes=num_classes)
 
     def timed(lam: float) -> float:
         if device.type == "cuda":

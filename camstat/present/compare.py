@@ -1,0 +1,84 @@
+"""Terminal view of ``camstat compare`` (numbers to text happen here, not in :mod:`camstat.compare`)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+METRIC_LABELS = {"accuracy": "accuracy", "dist": "dist (correct)", "ssim": "ssim (correct)",
+                 "entropy": "entropy (correct)", "spread": "spread (correct)"}
+
+
+def _num(v, spec: str = ".4f") -> str:
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def _ci(s: dict | None) -> str:
+    if not s or s.get("ci95") is None or s["ci95"][0] is None or s["ci95"][0] != s["ci95"][0]:
+        return "-"
+    return f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+
+
+def arms_table(d: dict) -> Table:
+    ref = "own class means, leave-one-out" if d["reference"] == "self" else f"class means of {d['reference']}"
+    table = Table(title=f"per arm: mean ± sd [95% t CI] over seeds; consistency and concentration on the images "
+                        f"each run gets right; dist and ssim to {ref}")
+    metrics = list(METRIC_LABELS)
+    for col in ("arm", "seeds", *(METRIC_LABELS[m] for m in metrics)):
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for name, arm in d["arms"].items():
+        table.add_row(name, str(len(arm["runs"])),
+                      *(f"{_num(arm[m]['mean'])} ± {_num(arm[m]['sd'])}\n{_ci(arm[m])}" for m in metrics))
+    return table
+
+
+def paired_table(d: dict) -> Table:
+    p = d["paired"]
+    table = Table(title=f"paired by seed ({len(p['pairs'])} pairs): {p['difference']} (the H2 test)")
+    for col in ("metric", "mean diff", "95% t CI", "p sign-flip", "p t-test", "p Wilcoxon"):
+        table.add_column(col, justify="right")
+    for m, label in METRIC_LABELS.items():
+        r = p.get(m) or {}
+        table.add_row(label, _num(r.get("mean_diff")), _ci(r), _num(r.get("p_signflip"), ".3g"),
+                      _num(r.get("p_ttest"), ".3g"), _num(r.get("p_wilcoxon"), ".3g"))
+    return table
+
+
+def mcnemar_table(d: dict) -> Table:
+    a, b = list(d["arms"])
+    table = Table(title="exact McNemar on per-image correctness: descriptive only (run-to-run scale below), "
+                        "never the H2 verdict")
+    for col in ("between", "seeds", "only first right", "only second right", "p"):
+        table.add_column(col, justify="right")
+    for row in d["mcnemar"]["per_pair"]:
+        table.add_row(f"{a} vs {b}", f"{row['seed_a']} / {row['seed_b']}", str(row["b"]), str(row["c"]),
+                      _num(row["p_value"], ".3g"))
+    for name, rows in d["mcnemar"]["within_arm"].items():
+        for row in rows:
+            table.add_row(f"within {name}", f"{row['seed_a']} / {row['seed_b']}", str(row["b"]), str(row["c"]),
+                          _num(row["p_value"], ".3g"))
+    return table
+
+
+def notes(d: dict) -> list[str]:
+    out = []
+    if d.get("unpaired_seeds"):
+        out.append("seeds without a partner, left out of the paired tests: "
+                   + ", ".join(map(str, d["unpaired_seeds"])))
+    if not d["paired"]["pairs"]:
+        out.append("no seed occurs in both arms: no paired tests")
+    if len(d.get("models", [])) > 1:
+        out.append(f"the runs use different models: {', '.join(d['models'])}")
+    return out
+
+
+def render(d: dict) -> list:
+    """Renderables (tables, then note lines) of one comparison's ``to_dict()``."""
+    return [arms_table(d), paired_table(d), mcnemar_table(d), *(f"note: {n}" for n in notes(d))]
+
+
+def render_sweep(d: dict) -> list:
+    """Every comparison of ``camstat compare runs/NAME``, each arm against the lambda-0 arm."""
+    items: list = [f"{d['sweep']}: {len(d['comparisons'])} arm(s), each against the lambda-0 arm"]
+    for c in d["comparisons"]:
+        items += render(c)
+    return items
