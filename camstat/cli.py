@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from camstat.errors import CamstatError
+from camstat.errors import CamstatError, command_line_spelling
 from camstat.records import jsonable
 
 # Newer Typer vendors click: reach its exception base through a public class.
@@ -35,6 +35,7 @@ app = typer.Typer(
 console = Console(stderr=True, markup=False, emoji=False)
 out = Console(markup=False, emoji=False)
 
+CheckpointPrefixOpt = typer.Option(None, "--checkpoint-prefix", help="Sub-module prefix of the model's keys in the checkpoint (e.g. model, net); default: found automatically.")
 JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 
@@ -97,6 +98,7 @@ def extract(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Output classes (default: from checkpoint)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file!)."),
+    checkpoint_prefix: Optional[str] = CheckpointPrefixOpt,
     methods: str = typer.Option("gradcam,gradcam++", "--methods", help="Comma list: gradcam, gradcam++, xgradcam, hirescam, layercam, or a pytorch-grad-cam method (scorecam, eigencam, ...)."),
     layer: str = typer.Option("auto", "--layer", help="auto (last conv stage) or comma list of module names (see `camstat layers`)."),
     target: str = typer.Option("pred", "--target", help="Class whose score is explained: pred, true or both."),
@@ -125,7 +127,8 @@ def extract(
     with progress_bar("extract") as update:
         result = run_extract(
             model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
-            num_classes=num_classes, trust_checkpoint=trust_checkpoint, methods=methods, layer=layer,
+            num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
+            methods=methods, layer=layer,
             target=target, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
             device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
             on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update, intensity=intensity,
@@ -134,6 +137,7 @@ def extract(
         f"{result.store}: {result.n} images, accuracy {result.accuracy:.4f}, {', '.join(result.methods)} at "
         f"{', '.join(result.layers)}; {result.processed} processed at {result.images_per_second:.1f} img/s"
         + ("" if result.complete else " (store not complete yet: other shards pending)")
+        + ("" if result.owned_chunks else f" (shard {shard} owns no chunk: nothing to do)")
     )
     write_json(json_path, result.to_dict())
 
@@ -194,26 +198,38 @@ def layers(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
-    size: int = typer.Option(224, "--size", help="Input size used to report output shapes."),
+    checkpoint_prefix: Optional[str] = CheckpointPrefixOpt,
+    data: Optional[str] = typer.Option(None, "--data", help="Data spec, as for extract: its image size is the default --size."),
+    split: str = typer.Option("test", "--split"),
+    size: Optional[int] = typer.Option(None, "--size", help="Input size (default, as extract: checkpoint metadata, else the --data's size, else 224)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """List a model's candidate target layers (name, type, output shape); `auto` is marked."""
+    from camstat import data as data_mod
     from camstat import models
 
+    meta = {}
     if checkpoint is None:  # layer shapes don't depend on the class count: no need to ask for it
         module = models.build_model(model, num_classes)
     else:
-        module = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
-                                   trust_checkpoint=trust_checkpoint).module
-    candidates = models.candidate_layers(module, (size, size))
-    auto = models.resolve_layers(module, "auto", (size, size))
-    table = Table(title=f"{model}: candidate target layers at {size}x{size}")
+        loaded = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
+                                   trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix)
+        module, meta = loaded.module, loaded.meta
+    if size is None and meta.get("size"):
+        size = int(meta["size"][0])
+    hw = (size, size) if size is not None else (224, 224)
+    if data is not None:  # the size extract would use
+        hw = tuple(data_mod.load_dataset(data, split, size=size, limit=1).size)
+    trace = models.LayerTrace(module, hw)
+    candidates = trace.candidates()
+    auto = [trace.auto().name]
+    table = Table(title=f"{model}: candidate target layers at {hw[0]}x{hw[1]}")
     for col in ("layer", "type", "output shape", ""):
         table.add_column(col)
     for c in candidates:
         table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
     out.print(table)
-    write_json(json_path, {"model": model, "size": size, "auto": auto,
+    write_json(json_path, {"model": model, "size": hw[0], "input_size": list(hw), "auto": auto,
                            "layers": [{"name": c.name, "type": c.type, "shape": list(c.out_shape)} for c in candidates]})
 
 
@@ -512,13 +528,66 @@ def detect_errors(
     write_json(json_path, d)
 
 
+@app.command()
+def verify(
+    store: Path = typer.Argument(..., help="A camstat store."),
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Check every chunk of every array against its checksum; exit 2 naming each damaged chunk."""
+    from camstat.store import open_store
+
+    result = open_store(store).verify()
+    write_json(json_path, result.to_dict())
+    out.print(f"{store}: {result.chunks} chunks in {result.arrays} arrays checked", highlight=False, soft_wrap=True)
+    if result.unchecksummed:
+        out.print(f"{len(result.unchecksummed)} of {result.arrays} arrays carry no checksum (written before camstat"
+                  " checksummed chunks): a flipped bit inside them goes unnoticed; re-extract to add checksums",
+                  highlight=False, soft_wrap=True)
+    for bad in result.bad:
+        console.print(f"damaged: {bad}", highlight=False, soft_wrap=True)
+    if not result.ok:
+        raise CamstatError(f"{len(result.bad)} damaged chunk(s) in {store}; extract the store again (--overwrite)")
+
+
+
+
+@app.command()
+def faithfulness(
+    store: Path = typer.Argument(..., help="A complete camstat store (its model and images are rebuilt from it)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Comma list of the store's methods (default: all)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score a seeded, class-balanced subset of N images."),
+    percentiles: str = typer.Option("10,20,30,40,50,60,70,80,90", "--percentiles", help="ROAD percentiles (pytorch-grad-cam's: p removes 100 - p % of the pixels)."),
+    road_noise: float = typer.Option(0.01, "--road-noise", help="Noise added to imputed pixels (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the random maps, the imputation noise, --limit and the bootstrap."),
+    jobs: int = typer.Option(1, "--jobs", help="Processes for the imputation solves."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The store's checkpoint at another path (its SHA-256 must match)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per model call."),
+    device: str = DeviceOpt,
+    json_path: Optional[Path] = JsonOpt,
+) -> None:
+    """Are the maps faithful to the model? ROAD MoRF/LeRF vs random and class-mean maps (resumable)."""
+    from camstat.faithfulness import faithfulness as run_faithfulness
+    from camstat.present.faithfulness import render
+
+    with progress_bar("faithfulness") as update:
+        result = run_faithfulness(store, methods=method, layer=layer, limit=limit, percentiles=percentiles,
+                                  road_noise=road_noise, seed=seed, jobs=jobs, device=device, batch_size=batch_size,
+                                  checkpoint=checkpoint, progress=update)
+    d = result.to_dict()
+    for item in render(d):
+        out.print(item)
+    write_json(json_path, d)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: one-line errors with exit code 2 unless ``--debug``."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        code = app(args=args, prog_name="camstat", standalone_mode=False)
+        with command_line_spelling():  # messages name --flags, not Python arguments
+            code = app(args=args, prog_name="camstat", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except CamstatError as exc:
         if debug:

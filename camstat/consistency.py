@@ -855,23 +855,14 @@ def _save(s: Store, result: dict, values: dict[str, np.ndarray], undefined: np.n
     from camstat.provenance import now
 
     name = f"consistency/{result['method']}/{result['layer']}/{result['target']}/{result['by']}"
-    group = s.derived_group(name, {"params": result["params"], "created": now(), "result": result})
-    chunk = (max(1, min(s.chunk, s.n)),)
-
-    def put(g, key, arr, dtype):
-        a = g.create_array(key, shape=arr.shape, chunks=chunk, dtype=dtype, fill_value=0)
-        a[:] = arr.astype(dtype)
-
-    for key, v in values.items():
-        put(group, key, v, "float32")
-    put(group, "reference_undefined", undefined, "bool")
+    arrays = {key: v.astype("float32") for key, v in values.items()}
+    arrays["reference_undefined"] = undefined.astype(bool)
     if clusters is not None:
-        put(group, "cluster", clusters, "int64")
+        arrays["cluster"] = clusters.astype("int64")
     for cname, vals in control_values.items():
-        sub = group.require_group(f"controls/{cname}")
-        for key, v in vals.items():
-            put(sub, key, v, "float32")
-    return f"derived/{name}"
+        arrays.update({f"controls/{cname}/{key}": v.astype("float32") for key, v in vals.items()})
+    # Written whole and swapped in atomically: arrays and attributes always come from one run.
+    return s.write_derived(name, result["params"], arrays, {"created": now(), "result": result})
 
 
 # --------------------------------------------------------------------------

@@ -242,7 +242,7 @@ def detect_errors(
     progress: Callable[[int, int], None] | None = None,
 ) -> DetectionResult:
     """Score every image of ``store`` for being misclassified; compare CAM scores with the softmax baselines."""
-    from camstat.losses import class_means_from_store
+    from camstat.training.means import class_means_from_store
 
     s = store if isinstance(store, Store) else open_store(store)
     ref = reference if isinstance(reference, Store) else open_store(reference)

@@ -41,6 +41,7 @@ class ExtractResult:
     store: str
     processed: int
     complete: bool
+    owned_chunks: int  # chunks this process (shard) owns; 0: a shard with nothing to do
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +71,7 @@ def extract(
     checkpoint: str | None = None,
     num_classes: int | None = None,
     trust_checkpoint: bool = False,
+    checkpoint_prefix: str | None = None,
     methods: str | Sequence[str] = "gradcam,gradcam++",
     layer: str = "auto",
     target: str = "pred",
@@ -107,7 +109,8 @@ def extract(
     def build(n_classes):
         # Seeded so that a model without checkpoint (the randomised-weights control) is reproducible.
         torch.manual_seed(seed)
-        return models.load_model(model, num_classes=n_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+        return models.load_model(model, num_classes=n_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
+                                 checkpoint_prefix=checkpoint_prefix)
 
     # The checkpoint's metadata decides size and normalisation; without one, the data decides the classes.
     loaded = build(num_classes) if checkpoint is not None or num_classes is not None else None
@@ -125,8 +128,10 @@ def extract(
             " pass the right --num-classes or checkpoint"
         )
     net = loaded.module.eval().requires_grad_(False).to(dev)
-    layers = models.resolve_layers(net, layer, dataset.size)
-    shapes = layer_shapes(net, layers, dataset[0][0].to(dev))
+    # one traced forward names the layers and gives their grid shapes (token and channels-last outputs read as grids)
+    layer_maps = models.resolve_layer_maps(net, layer, dataset.size)
+    layers = [info.name for info in layer_maps]
+    shapes = {info.name: list(info.out_shape[1:]) for info in layer_maps}
     head = find_head(net, dataset[0][0].to(dev))
 
     attrs = {
@@ -166,7 +171,7 @@ def extract(
         batches = [list(range(s, min(s + batch_size, sl.stop)))
                    for sl in map(writer.chunk_slice, pending) for s in range(sl.start, sl.stop, batch_size)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
-        with CamEngine(net, layers, method_list) as engine, HeadInput(net, head) as head_input:
+        with CamEngine(net, layers, method_list, seed=seed) as engine, HeadInput(net, head) as head_input:
             parts: list = []
             for images, labels, idx in loader:
                 out = engine(images.to(dev), labels.to(dev), target_list)
@@ -188,7 +193,7 @@ def extract(
     return ExtractResult(
         n=len(dataset), accuracy=accuracy, methods=method_list, layers=layers, seconds=seconds,
         images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
-        processed=processed, complete=bool(done.all()),
+        processed=processed, complete=bool(done.all()), owned_chunks=len(chunks),
     )
 
 

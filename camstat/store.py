@@ -8,67 +8,82 @@ Layout (see README, "Store layout")::
       samples/mask               (N, H, W) bool, only when the data has masks
       samples/embedding          (N, D) float16, the classifier head's input (camstat.embedding), when found
       maps/<method>/<layer>/<target>   (N, h, w) float32 raw maps after ReLU
-      derived/<name>/...         analysis results with the parameters used
-      camstat.lock               byte-range locks of the writers
+      derived/<name>/...         analysis results with the parameters used (see camstat.derived)
+    .STORE.zarr.camstat-lock     beside the store: the writers' locks (see camstat.locks)
+
+Every array is chunked along samples, compressed with zstd and checksummed
+with crc32c, and names its dimensions (``sample``, ``class``, ``y``, ``x``);
+the root holds consolidated metadata, so xarray, dask and tensorstore read a
+store as they find it (see camstat.integrity for the checks).
 
 Writers fill whole sample chunks; a chunk's ``done`` flags are written after
 its data (Zarr writes each chunk file atomically), so an interrupted run
-leaves only complete chunks marked done and resumes from the rest. The root
-attributes are written last and in one write when a store is created: a
-folder of ours (it holds the lock file) without them is a creation cut short,
-which any writer starts afresh; a folder that is not ours is never written to
-or deleted, not even with ``--overwrite``. Writers
-lock the byte range of their chunks in ``camstat.lock`` (POSIX record locks:
-released by the kernel when a process dies, even by SIGKILL), so shards fill
-one store side by side while a second writer of the same chunks is refused.
+leaves only complete chunks marked done and resumes from the rest. A store
+is created with the root attribute ``camstat_creating`` and gets its real
+attributes last, in one write: a folder carrying the marker is a creation cut
+short, which any writer starts afresh; a folder that is not ours is never
+written to or deleted, not even with ``--overwrite``. Writers lock the byte
+range of their chunks in the lock file, so shards fill one store side by side
+while a second writer of the same chunks is refused; a shard that owns no
+chunk locks nothing.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 import shutil
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import zarr
 
+from camstat import derived as derived_mod
 from camstat.cams import scale_maps
-from camstat.errors import CamstatError
+from camstat.errors import CamstatError, spell
+from camstat.integrity import BadChunk, checked_read, compressors, has_checksum, scan_array, write_config
+from camstat.locks import CREATE_BYTE, LEGACY_LOCK, LockFile
 
 SCHEMA_VERSION = 1
 SAMPLE_FIELDS = ("index", "label", "pred", "confidence", "correct")
 # Root attributes every reader relies on (checked when a store is opened).
 REQUIRED_ATTRS = ("model", "data", "split", "classes", "input_size", "normalize", "methods", "layers",
                   "layer_shapes", "targets", "n", "chunk")
-_CREATE_LOCK_BYTE = 1 << 40  # beyond any chunk number: the lock taken while creating the store
-_LOCK_FILE = "camstat.lock"
+# Root attribute of a store being created (replaced by the real attributes, written last).
+CREATING = "camstat_creating"
+# Dimension names of the per-sample arrays (maps and masks: sample, y, x).
+SAMPLE_DIMS = {"logits": ("sample", "class"), "mask": ("sample", "y", "x"), "embedding": ("sample", "feature")}
+
+
+def _root_attributes(path: Path) -> dict | None:
+    meta = Path(path) / "zarr.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    attributes = doc.get("attributes") if isinstance(doc, dict) else None
+    return attributes if isinstance(attributes, dict) else None
 
 
 def _is_store(path: Path) -> bool:
     """A folder whose root ``zarr.json`` carries camstat's attributes (written last, in one write)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return False
-    attributes = doc.get("attributes") if isinstance(doc, dict) else None
-    return isinstance(attributes, dict) and "camstat_schema" in attributes
+    return "camstat_schema" in (_root_attributes(path) or {})
 
 
 def _is_ours(path: Path) -> bool:
-    """A folder a camstat writer has opened: it holds our lock file (a store, or one whose creation was cut short)."""
-    return (Path(path) / _LOCK_FILE).is_file()
+    """A folder a camstat writer made: a store, one whose creation was cut short or whose root metadata was
+    damaged (it holds our ``samples/done`` array), or a store of an older camstat (its lock file inside)."""
+    path = Path(path)
+    attributes = _root_attributes(path) or {}
+    return ("camstat_schema" in attributes or CREATING in attributes or (path / LEGACY_LOCK).is_file()
+            or (path / "samples" / "done" / "zarr.json").is_file())
 
 
 def _holds_chunks(path: Path) -> bool:
-    """Whether a folder holds anything besides Zarr metadata and our lock file (i.e. array chunks)."""
-    return any(f.is_file() and f.name not in ("zarr.json", _LOCK_FILE)
+    """Whether a folder holds anything besides Zarr metadata and a lock file (i.e. array chunks)."""
+    return any(f.is_file() and f.name not in ("zarr.json", LEGACY_LOCK)
                and not (f.name.startswith("zarr.") and f.name.endswith(".partial"))  # zarr's atomic-write temp
                for f in Path(path).rglob("*"))
 
@@ -130,7 +145,8 @@ class Store:
                 " `camstat extract`"
             )
         try:
-            self.root = zarr.open_group(str(self.path), mode=mode)
+            # Not through the consolidated metadata: it may lag a derived result being put in place.
+            self.root = zarr.open_group(str(self.path), mode=mode, use_consolidated=False)
         except Exception as exc:  # zarr's own errors for a malformed zarr.json
             raise CamstatError(
                 f"{self.path} is not a readable Zarr group ({type(exc).__name__}); re-extract it"
@@ -179,9 +195,13 @@ class Store:
     def chunk(self) -> int:
         return int(self.attrs["chunk"])
 
+    def read(self, name: str, selection=slice(None)) -> np.ndarray:
+        """``name``'s values (a path in the store); a damaged chunk is a CamstatError naming it."""
+        return checked_read(self.root[name], selection, self.path)
+
     @property
     def done(self) -> np.ndarray:
-        return self.root["samples/done"][:]
+        return self.read("samples/done")
 
     @property
     def complete(self) -> bool:
@@ -190,8 +210,7 @@ class Store:
     @property
     def samples(self) -> dict[str, np.ndarray]:
         """``index``, ``label``, ``pred``, ``confidence``, ``correct``, ``logits``, ``done``."""
-        group = self.root["samples"]
-        return {name: group[name][:] for name in (*SAMPLE_FIELDS, "logits", "done")}
+        return {name: self.read(f"samples/{name}") for name in (*SAMPLE_FIELDS, "logits", "done")}
 
     @property
     def has_masks(self) -> bool:
@@ -200,7 +219,7 @@ class Store:
     def masks(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
         if not self.has_masks:
             raise CamstatError(f"store {self.path} holds no ground-truth masks (its data has none)")
-        return self.root["samples/mask"][indices]
+        return self.read("samples/mask", indices)
 
     @property
     def has_embedding(self) -> bool:
@@ -212,7 +231,7 @@ class Store:
             why = (self.attrs.get("embedding") or {}).get("reason") or "it was extracted before camstat stored them"
             raise CamstatError(f"store {self.path} holds no embeddings ({why}); re-extract it with"
                                " `camstat extract ... --overwrite` or choose other --features")
-        return self.root["samples/embedding"][indices]
+        return self.read("samples/embedding", indices)
 
     def require_complete(self) -> None:
         done = self.done
@@ -233,28 +252,39 @@ class Store:
         return self.root[f"maps/{method}/{layer}/{target}"]
 
     def raw_maps(self, method: str, layer: str | None = None, target: str = "pred", indices=slice(None)) -> np.ndarray:
-        """Raw layer-resolution maps (N, h, w), float32, as stored."""
-        return self._map_array(method, layer, target)[indices]
+        """Raw maps (N, h, w) at the layer's resolution, float32, as stored: un-normalised, after ReLU.
+
+        The lossless source of every analysis map; equal to
+        ``maps(method, layer, target, size="layer", normalize=None)``.
+        ``layer=None`` means the store's first layer; ``indices`` selects samples.
+        """
+        array = self._map_array(method, layer, target)
+        return checked_read(array, indices, self.path)
 
     def maps(
         self,
         method: str,
         layer: str | None = None,
         target: str = "pred",
-        size: tuple[int, int] | None = None,
-        normalize: str = "minmax",
+        size: tuple[int, int] | Literal["layer"] | None = None,
+        normalize: str | None = "minmax",
         indices: np.ndarray | slice = slice(None),
     ) -> np.ndarray:
-        """Analysis maps (N, H, W) float32; ``size=None`` means the input size.
+        """Analysis maps (N, H, W) float32.
 
-        ``normalize``: ``minmax`` (pytorch-grad-cam's scaling, exactly), ``sum``
-        (maps sum to 1) or ``none`` (raw values, resized).
+        ``size``: ``None`` means the input size, ``"layer"`` the layer's own
+        resolution (no resizing), or ``(H, W)``. ``normalize``: ``minmax``
+        (pytorch-grad-cam's scaling, exactly), ``sum`` (maps sum to 1), or
+        ``none``/``None`` (raw values, resized only).
         """
         raw = self.raw_maps(method, layer, target, indices)
-        return scale_maps(raw, tuple(size) if size else self.input_size, normalize)
+        if isinstance(size, str) and size != "layer":
+            raise CamstatError(f"unknown size {size!r}; give (H, W), 'layer' or None (the input size)")
+        shape = raw.shape[-2:] if size == "layer" else tuple(size) if size else self.input_size
+        return scale_maps(raw, shape, "none" if normalize is None else normalize)
 
     def iter_maps(self, method: str, layer: str | None = None, target: str = "pred", size=None,
-                  normalize: str = "minmax", block: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+                  normalize: str | None = "minmax", block: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """Analysis maps in blocks of samples, so memory does not grow with the store."""
         block = block or max(self.chunk, 1)
         for start in range(0, self.n, block):
@@ -262,12 +292,66 @@ class Store:
             yield sl, self.maps(method, layer, target, size, normalize, sl)
 
     # -- derived results ---------------------------------------------------
-    def derived_group(self, name: str, params: dict) -> zarr.Group:
-        """A fresh group ``derived/<name>`` (replacing an older one) holding ``params`` as attributes."""
-        root = zarr.open_group(str(self.path), mode="a")
-        group = root.require_group("derived").create_group(name, overwrite=True)
-        group.attrs.put(json.loads(json.dumps(params, default=str)))  # one write, not one per key
-        return group
+    def write_derived(self, name: str, params: dict, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None,
+                      *, dims: Mapping[str, Sequence[str]] | None = None, wait: bool = True) -> str:
+        """Write ``derived/<name>`` whole and put it in place atomically; returns its path in the store.
+
+        ``params`` are the parameters that made the result (readers compare
+        them), ``attrs`` anything else to keep. A concurrent writer of the same
+        result makes this one wait (``wait=True``, with a message) or refuses it
+        (``wait=False``); see :mod:`camstat.derived`.
+        """
+        return derived_mod.write_derived(self.path, name, params, arrays, attrs, dims=dims, n=self.n,
+                                         chunk=self.chunk, on_wait=derived_mod.say_waiting if wait else None)
+
+    def read_derived(self, name: str, params: dict | None) -> derived_mod.Derived | None:
+        """``derived/<name>`` (arrays in memory), or None when absent or made with parameters other than ``params``."""
+        return derived_mod.read_derived(self.path, name, params)
+
+    # -- integrity ---------------------------------------------------------
+    def verify(self) -> "Verification":
+        """Decode every chunk of every array; what is damaged, and whether the arrays carry checksums."""
+        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
+        try:
+            done = self.done
+        except CamstatError:  # a damaged done array is reported below, like any other
+            done = np.zeros(self.n, bool)
+        with warnings.catch_warnings():  # a store of an older camstat holds its lock file inside
+            warnings.filterwarnings("ignore", message=f"Object at {LEGACY_LOCK} is not recognized")
+            arrays = [node for _, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+        bad: list[BadChunk] = []
+        for array in arrays:
+            # Which chunk files must exist (checksummed arrays are written with every chunk): all of a derived
+            # result; of a per-sample array, the chunks whose samples are done.
+            required = None
+            if has_checksum(array):
+                c = array.chunks[0]
+                finished = np.array([array.path.startswith("derived/") or bool(done[k * c:(k + 1) * c].all())
+                                     for k in range(array.cdata_shape[0])])
+                required = np.broadcast_to(finished.reshape((-1,) + (1,) * (array.ndim - 1)), array.cdata_shape)
+            bad += scan_array(array, self.path, required)
+        unchecked = [a.path for a in arrays if not has_checksum(a)]
+        return Verification(str(self.path), len(arrays), sum(int(np.prod(a.cdata_shape)) for a in arrays),
+                            unchecked, bad)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``camstat verify`` found: arrays and chunks checked, arrays without checksums, damaged chunks."""
+
+    store: str
+    arrays: int
+    chunks: int
+    unchecksummed: list[str]
+    bad: list[BadChunk]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "arrays": self.arrays, "chunks": self.chunks, "ok": self.ok,
+                "unchecksummed": self.unchecksummed, "bad": [vars(b) for b in self.bad]}
 
 
 def open_store(path: str | Path) -> Store:
@@ -276,17 +360,6 @@ def open_store(path: str | Path) -> Store:
 
 
 # -- writing -----------------------------------------------------------------
-
-
-def _lock(fd: int, start: int, length: int, blocking: bool) -> bool:
-    flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-    try:
-        fcntl.lockf(fd, flags, length, start, os.SEEK_SET)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            return False
-        raise
 
 
 def _compatible(existing: dict, wanted: dict, keys: tuple[str, ...]) -> list[str]:
@@ -313,111 +386,109 @@ class StoreWriter:
         self.attrs = attrs
         self.n = int(attrs["n"])
         self.chunk = int(attrs["chunk"])
-        n_chunks = max(1, -(-self.n // self.chunk))
-        self.chunks = chunks if chunks is not None else range(n_chunks)
+        self.chunks = chunks if chunks is not None else range(max(1, -(-self.n // self.chunk)))
         if mode == "new" and _is_store(self.path):
-            raise CamstatError(
-                f"store {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
-            )
+            raise CamstatError(_exists_message(self.path))
         if self.path.exists() and not self.path.is_dir():
-            raise CamstatError(f"{self.path} exists and is not a directory; choose another --store path")
+            raise CamstatError(f"{self.path} exists and is not a directory; choose another {spell('--store', 'store')}")
         # Never write into (or, with --overwrite, delete) a folder that camstat did not make.
-        if self.path.exists() and any(self.path.iterdir()) and not _is_store(self.path) and not _is_ours(self.path):
-            raise CamstatError(f"{self.path} exists and is not a camstat store; choose another --store path")
+        if self.path.exists() and any(self.path.iterdir()) and not _is_ours(self.path):
+            raise CamstatError(f"{self.path} exists and is not a camstat store; choose another"
+                               f" {spell('--store', 'store')} path")
         self.path.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._locks = LockFile(self.path)
         try:
-            # Claim our chunks first, so an overwrite never deletes a store under a running writer.
-            if not _lock(self._fd, self.chunks.start, max(1, len(self.chunks)), blocking=False):
-                raise CamstatError(
-                    f"store {self.path} is being written by another process (chunks "
-                    f"{self.chunks.start}-{self.chunks.stop - 1} are locked); wait for it or use another --store"
-                )
-            _lock(self._fd, _CREATE_LOCK_BYTE, 1, blocking=True)
+            # Claim our chunks first, so an overwrite never deletes a store under a running writer. A shard
+            # that owns no chunk claims nothing: it only joins (or creates) the store.
+            if self.chunks and not self._locks.lock(self.chunks.start, len(self.chunks)):
+                first, last = self.chunks.start, self.chunks.stop - 1
+                which = f"chunk {first} is" if first == last else f"chunks {first} to {last} are"
+                raise CamstatError(f"store {self.path} is being written by another process ({which} locked);"
+                                   f" wait for it or use another {spell('--store', 'store')}")
+            self._locks.lock(CREATE_BYTE, blocking=True)
             try:
                 self._open_or_create(mode, num_classes, mask_shape)
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _CREATE_LOCK_BYTE, os.SEEK_SET)
+                self._locks.unlock(CREATE_BYTE)
         except BaseException:
-            os.close(self._fd)
+            self._locks.close()
             raise
 
     def _open_or_create(self, mode: str, num_classes: int, mask_shape) -> None:
         exists = _is_store(self.path)
         if exists and mode == "new":
-            raise CamstatError(
-                f"store {self.path} already exists; pass --resume to continue it or --overwrite to replace it"
-            )
+            raise CamstatError(_exists_message(self.path))
+        overwrite = spell("--overwrite", "mode='overwrite'")
         # Ours but without camstat's attributes: a creation cut short holds only metadata, while a store
         # whose root zarr.json was damaged still holds chunks, which only --overwrite may delete.
         damaged = not exists and _holds_chunks(self.path)
         if damaged and mode != "overwrite":
             raise CamstatError(
                 f"store {self.path} is damaged (its root zarr.json is unreadable or lacks camstat's attributes, but"
-                " it holds data); pass --overwrite to extract it again"
+                f" it holds data); pass {overwrite} to extract it again"
             )
         if (exists or damaged) and mode == "overwrite":
-            if not _lock(self._fd, 0, _CREATE_LOCK_BYTE, blocking=False):
-                raise CamstatError(f"store {self.path} is being written by another process; cannot overwrite it")
-            for child in self.path.iterdir():
-                if child.name != _LOCK_FILE:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if not self._locks.lock(0, 0):  # every byte: no chunk writer, derived writer or reader at work
+                raise CamstatError(f"store {self.path} is being written or read by another process; cannot"
+                                   " overwrite it")
+            _empty(self.path)
             exists = False
         if exists:
-            self.root = zarr.open_group(str(self.path), mode="r+")
+            self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
             found = dict(self.root.attrs)
             if found.get("camstat_schema") != SCHEMA_VERSION:
                 raise CamstatError(
                     f"store {self.path} has schema version {found.get('camstat_schema')}, this camstat writes version"
-                    f" {SCHEMA_VERSION}; cannot resume it (pass --overwrite to extract it again)"
+                    f" {SCHEMA_VERSION}; cannot resume it (pass {overwrite} to extract it again)"
                 )
             diff = _compatible(found, self.attrs, IDENTITY_KEYS)
             if diff:
                 raise CamstatError(
                     f"store {self.path} was made with different {', '.join(diff)}; resume with the same options"
-                    " or pass --overwrite"
+                    f" or pass {overwrite}"
                 )
             damage = _damage(self.root, found)
             if damage:
-                raise CamstatError(f"store {self.path} is damaged ({damage}); pass --overwrite to extract it again")
+                raise CamstatError(f"store {self.path} is damaged ({damage}); pass {overwrite} to extract it again")
             return
         # Not a store yet, but ours (see __init__): a creation cut short (killed, disk full) before the
         # attributes were written, so no chunk was ever written either. Start it afresh.
-        for child in self.path.iterdir():
-            if child.name != _LOCK_FILE:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        _empty(self.path)
         self._create(num_classes, mask_shape)
 
     def _create(self, num_classes: int, mask_shape) -> None:
         n, c = self.n, self.chunk
-        # Not mode="w": that would delete the lock file we hold.
-        root = zarr.open_group(str(self.path), mode="a")
+        root = zarr.create_group(str(self.path), attributes={CREATING: SCHEMA_VERSION})
+
+        def array(group, name, shape, dtype, dims):
+            group.create_array(name, shape=shape, chunks=(c, *shape[1:]), dtype=dtype,
+                               fill_value=np.zeros((), dtype)[()], compressors=compressors(), dimension_names=dims)
+
         samples = root.create_group("samples")
         for name, dtype in (("index", "int64"), ("label", "int64"), ("pred", "int64"),
                             ("confidence", "float32"), ("correct", "bool"), ("done", "bool")):
-            samples.create_array(name, shape=(n,), chunks=(c,), dtype=dtype, fill_value=0)
-        samples.create_array("logits", shape=(n, num_classes), chunks=(c, num_classes), dtype="float32", fill_value=0)
+            array(samples, name, (n,), dtype, ("sample",))
+        array(samples, "logits", (n, num_classes), "float32", SAMPLE_DIMS["logits"])
         if mask_shape is not None:
-            samples.create_array("mask", shape=(n, *mask_shape), chunks=(c, *mask_shape), dtype="bool", fill_value=False)
+            array(samples, "mask", (n, *mask_shape), "bool", SAMPLE_DIMS["mask"])
         dim = (self.attrs.get("embedding") or {}).get("dim")
         if dim:
-            samples.create_array("embedding", shape=(n, dim), chunks=(c, dim), dtype="float16", fill_value=0)
+            array(samples, "embedding", (n, dim), "float16", SAMPLE_DIMS["embedding"])
         maps = root.create_group("maps")
         for method in self.attrs["methods"]:
             for layer, (h, w) in self.attrs["layer_shapes"].items():
                 for target in self.attrs["targets"]:
-                    maps.require_group(f"{method}/{layer}").create_array(
-                        target, shape=(n, h, w), chunks=(c, h, w), dtype="float32", fill_value=0.0
-                    )
+                    array(maps.require_group(f"{method}/{layer}"), target, (n, h, w), "float32", ("sample", "y", "x"))
         # Attributes last and in one write (attrs.update writes zarr.json once per key, schema first): a
         # store without them is not yet a store (see _is_store), one with them is complete.
         root.attrs.put({"camstat_schema": SCHEMA_VERSION, **self.attrs})
-        self.root = root
+        derived_mod.consolidate(self.path)
+        self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
 
     def pending(self) -> list[int]:
         """Our chunks whose samples are not all done yet."""
-        done = self.root["samples/done"]
-        return [k for k in self.chunks if not done[k * self.chunk:min((k + 1) * self.chunk, self.n)].all()]
+        done = checked_read(self.root["samples/done"], slice(None), self.path)
+        return [k for k in self.chunks if not done[self.chunk_slice(k)].all()]
 
     def chunk_slice(self, k: int) -> slice:
         return slice(k * self.chunk, min((k + 1) * self.chunk, self.n))
@@ -427,26 +498,36 @@ class StoreWriter:
         """Write one whole chunk; its ``done`` flags go last."""
         sl = self.chunk_slice(k)
         group = self.root["samples"]
-        for name in (*SAMPLE_FIELDS, "logits"):
-            group[name][sl] = samples[name]
-        if masks is not None:
-            group["mask"][sl] = masks
-        if "embedding" in samples and "embedding" in group:  # a store made before embeddings has none
-            group["embedding"][sl] = samples["embedding"]
-        for (method, layer, target), values in maps.items():
-            self.root[f"maps/{method}/{layer}/{target}"][sl] = values
-        group["done"][sl] = np.ones(sl.stop - sl.start, dtype=bool)
+        with zarr.config.set(write_config()):
+            for name in (*SAMPLE_FIELDS, "logits"):
+                group[name][sl] = samples[name]
+            if masks is not None:
+                group["mask"][sl] = masks
+            if "embedding" in samples and "embedding" in group:  # a store made before embeddings has none
+                group["embedding"][sl] = samples["embedding"]
+            for (method, layer, target), values in maps.items():
+                self.root[f"maps/{method}/{layer}/{target}"][sl] = values
+            group["done"][sl] = np.ones(sl.stop - sl.start, dtype=bool)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases our record locks
-            self._fd = None
+        self._locks.close()  # releases our locks
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _exists_message(path: Path) -> str:
+    resume, overwrite = spell("--resume", "mode='resume'"), spell("--overwrite", "mode='overwrite'")
+    return f"store {path} already exists; pass {resume} to continue it or {overwrite} to replace it"
+
+
+def _empty(path: Path) -> None:
+    """Delete everything in a store folder of ours (the lock file lies beside it, not in it)."""
+    for child in path.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def chunk_range(n: int, chunk: int, shard: tuple[int, int] | None) -> range:
@@ -467,7 +548,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     try:
         k, total = (int(p) for p in text.split("/"))
     except ValueError:
-        raise CamstatError(f"invalid --shard {text!r}; use K/N with 0 <= K < N, e.g. 0/4") from None
+        raise CamstatError(f"invalid {spell('--shard', 'shard')} {text!r}; use K/N with 0 <= K < N, e.g. 0/4") from None
     if not (total >= 1 and 0 <= k < total):
-        raise CamstatError(f"invalid --shard {text!r}; need 0 <= K < N (shards are numbered from 0)")
+        raise CamstatError(f"invalid {spell('--shard', 'shard')} {text!r}; need 0 <= K < N (shards are numbered from 0)")
     return k, total

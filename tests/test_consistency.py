@@ -262,8 +262,12 @@ def test_same_seed_same_json(stores):
 
 def test_derived_results_leave_primary_data_untouched(stores):
     before = _files(stores["main"])
+    attributes = json.loads((stores["main"] / "zarr.json").read_text())["attributes"]
     res = analyze(stores["main"], metrics="dist,ssim", **FAST)
-    assert _files(stores["main"]) == before  # every primary byte (root metadata included) unchanged
+    after = _files(stores["main"])
+    # Every primary byte unchanged but the root's consolidated metadata, which now lists the derived result.
+    assert {k: v for k, v in after.items() if k != "zarr.json"} == {k: v for k, v in before.items() if k != "zarr.json"}
+    assert json.loads((stores["main"] / "zarr.json").read_text())["attributes"] == attributes
     name = "consistency/gradcam/features/pred/correct"
     assert res.derived == f"derived/{name}"
     group = zarr.open_group(str(stores["main"] / "derived" / name), mode="r")

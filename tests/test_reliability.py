@@ -28,6 +28,7 @@ import zarr
 import camstat
 from camstat import metrics, models
 from camstat.cli import main
+from camstat.locks import lock_path
 
 # Models as a user would write them (file.py:factory), each broken in one way.
 USER_MODELS = '''
@@ -245,7 +246,7 @@ BAD_INPUT = [
      ["has no factory 'nope'", "zero_features"]),
     ("unknown layer", lambda w: _extract(w, "--layer", "features.nope"),
      ["unknown layer features.nope", "candidates:", "features.stage3", "camstat layers"]),
-    ("layer without a feature map", lambda w: _extract(w, "--layer", "fc"), ["gives no (N,C,H,W) feature map"]),
+    ("layer without a feature map", lambda w: _extract(w, "--layer", "fc"), ["gives no feature map"]),
     ("unknown method", lambda w: _extract(w, "--methods", "gradcam,foo"),
      ["unknown CAM method 'foo'", "gradcam++", "scorecam"]),
     ("unknown target", lambda w: _extract(w, "--target", "best"), ["unknown --target 'best'", "pred, true or both"]),
@@ -399,9 +400,9 @@ def test_second_writer_is_refused_while_the_first_holds_the_store(ws, capsys, tm
     shutil.copytree(ws["store"], store)
     before = file_hashes(store)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
         "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0); print('locked', flush=True); time.sleep(60)"),
-        str(store / "camstat.lock")], stdout=subprocess.PIPE, text=True)
+        str(lock_path(store))], stdout=subprocess.PIPE, text=True)
     base = ["extract", "--model", "camstat:smallcnn", "--checkpoint", ws["ckpt"], *DIGITS, "--chunk", "8",
             "--store", store]
     try:

@@ -97,31 +97,25 @@ def class_means_from_store(
         raise CamstatError(f"--means store {path} has no samples of class(es) {', '.join(missing[:5])}")
     means = np.where(counts[:, None, None] > 0, metrics.class_means(sums, np.maximum(counts, 1)),
                      metrics.class_means(all_sums, np.maximum(all_counts, 1))).astype(np.float32)
-    _write_cache(store, name, {**params, "fallback_classes": fallback}, means, counts)
+    _write_cache(store, name, params, means, counts, fallback)
     return ClassMeans(means, counts, fallback, str(path), method, layer, cached=False)
 
 
 def _read_cached(store, name: str, params: dict, c: int, size: tuple[int, int]):
-    try:
-        group = store.root["derived"][name]
-        found = dict(group.attrs)
-        if not found.get("complete") or any(found.get(k) != v for k, v in params.items()):
-            return None
-        means = np.asarray(group["means"][:], np.float32)
-        counts = np.asarray(group["counts"][:], np.int64)
-        if means.shape != (c, *size) or not np.isfinite(means).all():
-            return None
-        return means, counts, list(found.get("fallback_classes", []))
-    except Exception:  # no cache, or one being written: compute afresh
+    found = store.read_derived(name, params)  # None unless made with exactly these parameters
+    if found is None or set(found.arrays) != {"means", "counts"}:
         return None
+    means = np.asarray(found.arrays["means"], np.float32)
+    counts = np.asarray(found.arrays["counts"], np.int64)
+    if means.shape != (c, *size) or not np.isfinite(means).all():
+        return None
+    return means, counts, list(found.attrs.get("fallback_classes", []))
 
 
-def _write_cache(store, name: str, params: dict, means: np.ndarray, counts: np.ndarray) -> None:
-    """Best effort: a read-only store or a concurrent writer only costs the cache."""
+def _write_cache(store, name: str, params: dict, means: np.ndarray, counts: np.ndarray, fallback: list[int]) -> None:
+    """Best effort: a read-only store only costs the cache (the result is swapped in whole, or not at all)."""
     try:
-        group = store.derived_group(name, params)
-        group.create_array("means", shape=means.shape, dtype="float32", chunks=means.shape)[...] = means
-        group.create_array("counts", shape=counts.shape, dtype="int64", chunks=counts.shape)[...] = counts
-        group.attrs["complete"] = True
-    except Exception:
+        store.write_derived(name, params, {"means": means, "counts": counts}, {"fallback_classes": fallback},
+                            dims={"means": ("class", "y", "x"), "counts": ("class",)})
+    except OSError:
         pass
