@@ -792,6 +792,54 @@ class MetricInfo:
     description: str
     compute: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, float], np.ndarray]
 
+    @property
+    def family(self) -> str:
+        """``consistency``, ``concentration`` or ``localisation`` (SPEC 3's families)."""
+        return self.kind
+
+    @property
+    def label(self) -> str:
+        """What a better value means, in words: ``more consistent``, ``more concentrated``, ``better localised``."""
+        return FAMILY_LABELS[self.kind]
+
+    def oriented(self, auc: Any, ci: Any = None) -> tuple[Any, list]:
+        """This metric's AUC for correctness, oriented so that > 0.5 means better maps predict correctness."""
+        return oriented_auc(auc, ci, self.higher_is_more_consistent)
+
+
+FAMILY_LABELS = {"consistency": "more consistent", "concentration": "more concentrated",
+                 "localisation": "better localised"}
+
+
+def oriented_auc(auc: Any, ci: Any, higher: bool | None) -> tuple[Any, list]:
+    """The AUC of *consistency* for correctness: ``auc``, or ``1 - auc`` (CI flipped) where lower is better.
+
+    The one place where a metric's orientation turns its AUC around; a
+    missing or non-finite value stays None. ``higher`` None (no direction)
+    leaves the AUC as it is.
+    """
+    ci = list(ci) if ci else [None, None]
+    if higher is None or higher:
+        return auc, ci
+
+    def flip(v: Any) -> Any:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return 1.0 - v if ok else None
+
+    return flip(auc), [flip(ci[1]), flip(ci[0])]
+
+
+def orientation(name: str) -> bool | None:
+    """Higher-is-more-consistent of a metric of :data:`PER_IMAGE` (None for an unknown name)."""
+    info = PER_IMAGE.get(name)
+    return None if info is None else bool(info.higher_is_more_consistent)
+
+
+def family(name: str) -> str:
+    """The family of a metric of :data:`PER_IMAGE` (``consistency`` for an unknown name)."""
+    info = PER_IMAGE.get(name)
+    return "consistency" if info is None else info.kind
+
 
 def _pointing_hit(maps: np.ndarray, refs: Any, masks: Any, q: float) -> np.ndarray:
     return pointing(maps, masks)[0]
