@@ -47,12 +47,6 @@ HOG_PARAMS = dict(orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)
 KMEANS_N_INIT = 10
 K_RANGE = (2, 10)  # K tried by --clusters auto (both ends included)
 SILHOUETTE_SAMPLE = 2000
-DESCRIPTIONS = {
-    "thumbnail": f"{THUMB}x{THUMB} grayscale thumbnails (box filter), in [0, 1]",
-    "hog": f"HOG of the {HOG_SIDE}x{HOG_SIDE} grayscale image (skimage; 9 orientations, 8x8 cells, 2x2 blocks)",
-    "embedding": "the classifier head's input stored at extraction",
-    "mask": "object centroid x, y, sqrt(area), log aspect of its box (ground-truth masks)",
-}
 
 
 # --------------------------------------------------------------------------
@@ -99,16 +93,23 @@ def mask_features(masks: np.ndarray) -> np.ndarray:
     return np.column_stack([cx, cy, np.sqrt(area / (h * w)), np.log(box_w / box_h)])
 
 
+def require(store: Any, kind: str) -> None:
+    """A clear error unless ``kind`` is known and the store holds what it needs (embeddings, masks)."""
+    if kind not in FEATURES:
+        raise CamstatError(f"invalid --features {kind!r}; choose {', '.join(FEATURES)}")
+    if kind == "embedding" and not store.has_embedding:
+        store.embedding()  # its error says why there are none and to re-extract
+    if kind == "mask" and not store.has_masks:
+        raise CamstatError(f"store {store.path} holds no ground-truth masks; --features mask needs data with"
+                           " masks or boxes (choose other --features)")
+
+
 def store_features(store: Any, kind: str) -> np.ndarray:
     """Features ``kind`` (one of :data:`FEATURES`) of a store's images, float64 (N, D)."""
-    if kind not in FEATURES:
-        raise CamstatError(f"unknown --features {kind!r}; choose {', '.join(FEATURES)}")
+    require(store, kind)
     if kind == "embedding":
         return store.embedding().astype(np.float64)
     if kind == "mask":
-        if not store.has_masks:
-            raise CamstatError(f"store {store.path} holds no ground-truth masks; --features mask needs data with"
-                               " masks or boxes (choose other --features)")
         return mask_features(store.masks())
     dataset = store.dataset()
     images = (dataset.raw_image(i) for i in range(len(dataset)))
@@ -240,13 +241,12 @@ class Composition:
     def to_dict(self) -> dict:
         """Numbers for the JSON result (the assignment itself is stored under ``derived/``)."""
         return {
-            "features": self.features, "feature_description": DESCRIPTIONS[self.features],
+            "features": self.features,
             "k": self.k["all"] if not self.within_class else dict(self.k), "n_clusters": len(self.names),
             "k_selection": self.k_selection, "k_range": list(self.k_range) if self.k_range else None,
             "silhouette_by_k": {g: {str(k): v for k, v in s.items()} for g, s in self.k_scores.items()} or None,
-            "within_class": self.within_class, "seed": self.seed,
-            "algorithm": f"features centred and divided by their root mean column variance; sklearn KMeans(n_init={KMEANS_N_INIT}, random_state=seed);"
-                         " clusters numbered by size",
+            "within_class": self.within_class, "seed": self.seed, "n_init": KMEANS_N_INIT,
+            "silhouette_sample": SILHOUETTE_SAMPLE,
             "names": list(self.names), "sizes": self.sizes.tolist(),
             "silhouette": [None if np.isnan(s) else float(s) for s in self.silhouette],
             "class_counts": {g: {cn: int(self.class_counts[j, c]) for c, cn in enumerate(self.class_names)

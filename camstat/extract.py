@@ -96,12 +96,7 @@ def extract(
     """
     method_list = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     target_list = parse_targets(target)
-    shard_kn = parse_shard(shard)
-    if shard_kn is None:
-        rank, world = distributed_rank()
-        shard_kn = (rank, world) if world > 1 else None
-    if shard_kn is not None and mode == "new":
-        mode = "resume"  # shards fill one store together: each joins the store its siblings made
+    shard_kn, mode = _shard_and_mode(shard, mode)
     if batch_size < 1 or chunk < 1:
         raise CamstatError("--batch-size and --chunk must be at least 1")
     dev = resolve_device(device)
@@ -123,8 +118,7 @@ def extract(
         "methods": method_list, "layers": layers,
         "layer_shapes": {info.name: list(info.out_shape[1:]) for info in layer_maps}, "targets": target_list,
         "n": len(dataset), "chunk": chunk, "seed": seed, "bad_images": list(dataset.bad_images), "created": now(),
-        "command": command_line(), "versions": versions(), "device": str(dev),
-        "embedding": head.to_attrs(),
+        "command": command_line(), "versions": versions(), "device": str(dev), "embedding": head.to_attrs(),
     }
     mask_shape = tuple(dataset.size) if dataset.has_masks else None
     chunks = chunk_range(len(dataset), chunk, shard_kn)
@@ -145,6 +139,17 @@ def extract(
         images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
         processed=processed, complete=bool(done.all()), owned_chunks=len(chunks),
     )
+
+
+def _shard_and_mode(shard: str | None, mode: str) -> tuple[tuple[int, int] | None, str]:
+    """The shard K/N (``--shard``, else torchrun's rank) and the store mode for it."""
+    shard_kn = parse_shard(shard)
+    if shard_kn is None:
+        rank, world = distributed_rank()
+        shard_kn = (rank, world) if world > 1 else None
+    if shard_kn is not None and mode == "new":
+        mode = "resume"  # shards fill one store together: each joins the store its siblings made
+    return shard_kn, mode
 
 
 def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None, num_classes: int | None,

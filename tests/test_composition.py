@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+import zarr
 from sklearn.metrics import adjusted_rand_score
 
 from camstat import composition as comp
 from camstat import models
+from camstat.cli import main
 from camstat.data import load_dataset, make_shapes
 from camstat.embedding import find_head
 from camstat.errors import CamstatError
@@ -221,3 +224,57 @@ def test_model_without_linear_head_stores_no_embedding(tmp_path):
     assert not s.has_embedding and s.attrs["embedding"]["dim"] is None
     with pytest.raises(CamstatError, match="no nn.Linear head"):
         s.embedding()
+
+
+# -- camstat consistency --by cluster --------------------------------------------------
+
+FAST_CLI = ["--metrics", "dist", "--permutations", "99", "--bootstrap", "50"]
+
+
+def test_cli_clusters_recover_the_planted_positions(store, tmp_path):
+    out = tmp_path / "c.json"
+    code = main(["consistency", str(store), "--by", "cluster", "--features", "mask", "--clusters", "auto",
+                 *FAST_CLI, "--json", str(out)])
+    assert code == 0
+    d = json.loads(out.read_text())
+    c = d["clusters"]
+    assert c["features"] == "mask" and c["k"] == POSITIONS and c["k_selection"] == "auto"
+    assert sum(c["sizes"]) == 40 and len(c["silhouette"]) == POSITIONS
+    assert d["params"]["features"] == "mask" and d["params"]["clusters"] == "auto"
+    # the assignment is stored with the result, and it is the planted composition
+    assigned = zarr.open_group(str(store), mode="r")[d["derived"]]["cluster"][:]
+    truth = make_shapes(40, "test", positions=POSITIONS).position
+    assert adjusted_rand_score(truth, assigned) >= 0.8
+
+
+def test_cli_within_class_embedding(store, tmp_path):
+    out = tmp_path / "c.json"
+    assert main(["consistency", str(store), "--by", "cluster", "--features", "embedding", "--clusters", "2",
+                 "--within-class", "--no-save", *FAST_CLI, "--json", str(out)]) == 0
+    c = json.loads(out.read_text())["clusters"]
+    assert c["within_class"] and all(k == 2 for k in c["k"].values())
+    assert all(len(mix) == 1 for mix in c["class_counts"].values())
+
+
+def test_cli_refuses_bad_cluster_options(store, tmp_path, capsys):
+    old = tmp_path / "old.zarr"
+    shutil.copytree(store, old)
+    shutil.rmtree(old / "samples" / "embedding")  # as a store extracted before embeddings were stored
+    assert main(["consistency", str(old), "--by", "cluster", "--features", "embedding"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds no embeddings" in err and "re-extract" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    for args in (["--clusters", "1"], ["--clusters", "many"], ["--features", "pixels"]):
+        assert main(["consistency", str(store), "--by", "cluster", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_embedding_from_the_engines_own_forward(store, tmp_path):
+    # ScoreCAM runs extra forwards on masked images; the stored embedding stays that of the images themselves
+    path = tmp_path / "score.zarr"
+    extract("camstat:smallcnn", "builtin:shapes?n=40&positions=4", path, split="test", methods="gradcam,scorecam",
+            device="cpu", chunk=16, batch_size=8, limit=8)
+    s, ref = open_store(path), open_store(store)
+    rows = np.searchsorted(ref.samples["index"], s.samples["index"])
+    np.testing.assert_array_equal(s.embedding(), ref.embedding()[rows])
