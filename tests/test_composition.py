@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import zarr
 from sklearn.metrics import adjusted_rand_score
 
 from camstat import composition as comp
@@ -242,7 +241,8 @@ def test_cli_clusters_recover_the_planted_positions(store, tmp_path):
     assert sum(c["sizes"]) == 40 and len(c["silhouette"]) == POSITIONS
     assert d["params"]["features"] == "mask" and d["params"]["clusters"] == "auto"
     # the assignment is stored with the result, and it is the planted composition
-    assigned = zarr.open_group(str(store), mode="r")[d["derived"]]["cluster"][:]
+    saved = open_store(store).read_derived(d["derived"].removeprefix("derived/"), d["params"])
+    assigned = saved.arrays["cluster"]
     truth = make_shapes(40, "test", positions=POSITIONS).position
     assert adjusted_rand_score(truth, assigned) >= 0.8
 
