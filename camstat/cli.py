@@ -208,7 +208,7 @@ def extract(
             mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
             on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update, intensity=intensity.value,
         )
-    show(render_extract(result.to_dict()), json_path)
+    show(render_extract(result.to_dict(), shard), json_path)
     write_json(json_path, result.to_dict())
 
 
