@@ -151,9 +151,9 @@ def progress_bar(description: str) -> Iterator:
 
 def _version(value: bool) -> None:
     if value:
-        from camstat import __version__
+        import camstat
 
-        out.print(f"camstat {__version__}", highlight=False)
+        out.print(f"camstat {camstat.__version__}", highlight=False)
         raise typer.Exit()
 
 
