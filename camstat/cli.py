@@ -159,9 +159,9 @@ def progress_bar(description: str) -> Iterator:
 
 def _version(value: bool) -> None:
     if value:
-        from camstat import __version__
+        import camstat
 
-        out.print(f"camstat {__version__}", highlight=False)
+        out.print(f"camstat {camstat.__version__}", highlight=False)
         raise typer.Exit()
 
 
@@ -216,7 +216,7 @@ def extract(
             mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
             on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update, intensity=intensity.value,
         )
-    show(render_extract(result.to_dict()), json_path)
+    show(render_extract(result.to_dict(), shard), json_path)
     write_json(json_path, result.to_dict())
 
 

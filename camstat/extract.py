@@ -96,7 +96,9 @@ def extract(
     """
     method_list = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     target_list = parse_targets(target)
-    shard_kn, mode = _shard_and_mode(shard, mode)
+    shard_kn = _shard(shard)
+    if shard_kn is not None and mode == "new":
+        mode = "resume"  # shards fill one store together: each joins the store its siblings made
     if batch_size < 1 or chunk < 1:
         raise CamstatError("--batch-size and --chunk must be at least 1")
     dev = resolve_device(device)
@@ -104,6 +106,7 @@ def extract(
                                       trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix, size=size,
                                       normalize=normalize, limit=limit, on_bad_image=on_bad_image, seed=seed,
                                       intensity=intensity)
+    dataset[0]  # a first image that cannot be decoded is refused before any store exists
     net = loaded.module.eval().requires_grad_(False).to(dev)
     # one traced forward names the layers and gives their grid shapes (token and channels-last outputs read as grids)
     layer_maps = models.resolve_layer_maps(net, layer, dataset.size)
@@ -141,15 +144,13 @@ def extract(
     )
 
 
-def _shard_and_mode(shard: str | None, mode: str) -> tuple[tuple[int, int] | None, str]:
-    """The shard K/N (``--shard``, else torchrun's rank) and the store mode for it."""
-    shard_kn = parse_shard(shard)
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N``, else the torchrun rank and world size, else None (one process)."""
+    shard_kn = parse_shard(text)
     if shard_kn is None:
         rank, world = distributed_rank()
         shard_kn = (rank, world) if world > 1 else None
-    if shard_kn is not None and mode == "new":
-        mode = "resume"  # shards fill one store together: each joins the store its siblings made
-    return shard_kn, mode
+    return shard_kn
 
 
 def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None, num_classes: int | None,

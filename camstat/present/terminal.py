@@ -153,10 +153,11 @@ def _random(rc: dict) -> list:
 # --------------------------------------------------------------------------
 
 
-def render_extract(r: dict) -> list:
+def render_extract(r: dict, shard: str | None = None) -> list:
     return [f"{r['store']}: {r['n']} images, accuracy {num(r['accuracy'], '.4f')}, {', '.join(r['methods'])} at "
             f"{', '.join(r['layers'])}; {r['processed']} processed at {num(r['images_per_second'], '.1f')} img/s"
-            + ("" if r["complete"] else " (store not complete yet: other shards pending)")]
+            + ("" if r["complete"] else " (store not complete yet: other shards pending)")
+            + ("" if r.get("owned_chunks", 1) else f" (shard {shard} owns no chunk: nothing to do)")]
 
 
 INFO_KEYS = ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
@@ -177,8 +178,8 @@ def render_info(summary: dict) -> list:
     return [table]
 
 
-def render_layers(model: str, size: int, candidates: list, auto: list[str]) -> list:
-    table = _table(f"{model}: candidate target layers at {size}x{size}", ("layer", "type", "output shape", ""),
+def render_layers(model: str, size: tuple[int, int], candidates: list, auto: list[str]) -> list:
+    table = _table(f"{model}: candidate target layers at {size[0]}x{size[1]}", ("layer", "type", "output shape", ""),
                    ("layer", "type", "output shape", ""))
     for c in candidates:
         table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
