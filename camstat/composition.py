@@ -226,7 +226,10 @@ class Composition:
     fits: dict[str, tuple[_Fit, int]] = field(repr=False)  # clustering -> (fit, its first cluster number)
 
     def predict(self, feats: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-        """The cluster of other images (a reference store's): the nearest centroid of their clustering."""
+        """The cluster of other images (a reference store's): the nearest centroid of their clustering.
+
+        With ``within_class`` an image of a class that has no clustering here gets -1.
+        """
         if not self.within_class:
             fit, first = self.fits["all"]
             return fit.predict(feats) + first
