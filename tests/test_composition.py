@@ -30,6 +30,12 @@ def planted():
     return make_shapes(N, "test", positions=POSITIONS, seed=0)
 
 
+def planted_subset(data, keep):
+    """The same data set (class names kept) restricted to ``keep``."""
+    return type(data)(data.images[keep], data.labels[keep], data.masks[keep], data.decoy[keep], data.classes,
+                      data.position[keep])
+
+
 def _cluster(feats, k, data, **kw):
     return comp.cluster(feats, k, features="mask", classes=data.labels, class_names=data.classes, **kw)
 
@@ -148,6 +154,10 @@ def test_within_class(planted):
     # every cluster holds one class only, and each class's clusters are numbered by size
     assert ((c.class_counts > 0).sum(axis=1) == 1).all()
     assert np.array_equal(c.predict(feats, planted.labels), c.labels)
+    # an image of a class without clusters here joins none
+    first = planted.labels == 0
+    alone = _cluster(feats[~first], 2, planted_subset(planted, ~first), within_class=True)
+    assert (alone.predict(feats[first], planted.labels[first]) == -1).all()
     d = c.to_dict()
     assert d["within_class"] and d["k"] == {name: 2 for name in planted.classes}
 
@@ -278,3 +288,20 @@ def test_embedding_from_the_engines_own_forward(store, tmp_path):
     s, ref = open_store(path), open_store(store)
     rows = np.searchsorted(ref.samples["index"], s.samples["index"])
     np.testing.assert_array_equal(s.embedding(), ref.embedding()[rows])
+
+
+def test_reference_store_joins_its_class_clusters(store, tmp_path):
+    from camstat.h1 import analyze
+
+    ref = tmp_path / "train.zarr"
+    extract("camstat:smallcnn", "builtin:shapes?n=40&positions=4", ref, split="train", methods="gradcam",
+            device="cpu", chunk=16, batch_size=8)
+    d = analyze(store, by="cluster", features="mask", clusters=2, within_class=True, reference=ref, metrics="dist",
+                permutations=99, n_boot=50, save=False).to_dict()
+    s, r = open_store(store), open_store(ref)
+    predicted = set(s.samples["pred"].tolist())  # classes with clusters here (the untrained model predicts few)
+    counts = d["params"]["reference"]["counts"]
+    assert set(counts) == set(d["clusters"]["names"])
+    # the reference's correct images enter the means of their class's clusters
+    in_clustered = np.isin(r.samples["pred"], list(predicted)) & r.samples["correct"]
+    assert sum(counts.values()) == int(in_clustered.sum())
