@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from camstat.composition import FEATURES
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
@@ -58,6 +59,7 @@ OnBadImage = _choices("OnBadImage", ("skip", "fail"))
 Control = _choices("Control", ("permuted", "none"))
 Split = _choices("Split", ("train", "val", "test"))
 Intensity = _choices("Intensity", ("dtype", "minmax"))
+Features = _choices("Features", FEATURES)
 
 
 # Options shared by `consistency` and `report` (and new H1 commands): declared once, defaults in the signature.
@@ -83,7 +85,13 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds permutations, bootst
 RandomStoreOpt = Annotated[Optional[Path], typer.Option("--random-store", help="Store of the same architecture and "
                                                         "images with randomised weights (extract without "
                                                         "--checkpoint): Adebayo et al. sanity check.")]
-ClustersOpt = Annotated[int, typer.Option("--clusters", help="k of k-means for --by cluster.")]
+ClustersOpt = Annotated[str, typer.Option("--clusters", help="--by cluster: K of k-means, or auto (the K of 2..10 "
+                                           "with the best mean silhouette).")]
+FeaturesOpt = Annotated[Features, typer.Option("--features", help="--by cluster: what composition means: thumbnail "
+                                               "(8x8 grayscale layout), hog (edges of the 32x32 grayscale image), "
+                                               "embedding (the model's classifier-head input, stored at extraction) "
+                                               "or mask (object position, scale and aspect from masks or boxes).")]
+WithinClassOpt = Annotated[bool, typer.Option("--within-class", help="--by cluster: cluster each class on its own.")]
 PairSampleOpt = Annotated[int, typer.Option("--pair-sample", help="At most this many maps per group for pairwise "
                                             "group-level metrics (seeded sample).")]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Analysis size in pixels (default: the store's "
@@ -421,7 +429,9 @@ def consistency(
     seed: SeedOpt = 0,
     control: Optional[Control] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
     random_store: RandomStoreOpt = None,
-    clusters: ClustersOpt = 8,
+    clusters: ClustersOpt = "8",
+    features: FeaturesOpt = Features.thumbnail,
+    within_class: WithinClassOpt = False,
     pair_sample: PairSampleOpt = 500,
     size: SizeOpt = None,
     q: QOpt = 0.2,
@@ -436,7 +446,8 @@ def consistency(
             store, method=method, layer=layer, target=target.value, by=by.value, metrics=metrics,
             class_of=class_of.value, reference=reference, size=size, q=q, correction=correction.value, permutations=permutations, n_boot=bootstrap,
             min_group=min_group, seed=seed, control=None if control in (None, Control.none) else control.value,
-            random_store=random_store, clusters=clusters, pair_sample=pair_sample, save=save, progress=update,
+            random_store=random_store, clusters=clusters, features=features.value, within_class=within_class,
+            pair_sample=pair_sample, save=save, progress=update,
         )
     d = result.to_dict()
     show(render_consistency(d), json_path)
@@ -461,7 +472,9 @@ def report(
     seed: SeedOpt = 0,
     control: Control = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
     random_store: RandomStoreOpt = None,
-    clusters: ClustersOpt = 8,
+    clusters: ClustersOpt = "8",
+    features: FeaturesOpt = Features.thumbnail,
+    within_class: WithinClassOpt = False,
     means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
     names: Optional[str] = typer.Option(None, "--names", help="compare: arm names A,B (default: from lambda and loss)."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Metric the galleries sort by (default: dist)."),
@@ -483,7 +496,8 @@ def report(
         first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target.value, by=by.value,
         metrics=metrics, class_of=class_of.value, reference=reference, correction=correction.value, permutations=permutations, n_boot=bootstrap,
         min_group=min_group, seed=seed, control=control.value, random_store=random_store, clusters=clusters,
-        names=names.split(",") if names else None, means=means, primary=primary, gallery=gallery, title=title,
+        features=features.value, within_class=within_class, names=names.split(",") if names else None, means=means,
+        primary=primary, gallery=gallery, title=title,
         progress=say,
     )
     for line in result.summary:

@@ -20,6 +20,7 @@ from camstat import models
 from camstat.cams import CamEngine, parse_methods, parse_targets
 from camstat.decoding import describe_intensity
 from camstat.devices import distributed_rank, resolve_device
+from camstat.embedding import HeadInput, find_head
 from camstat.errors import CamstatError
 from camstat.provenance import command_line, now, versions
 from camstat.store import StoreWriter, chunk_range, parse_shard
@@ -110,6 +111,7 @@ def extract(
     # one traced forward names the layers and gives their grid shapes (token and channels-last outputs read as grids)
     layer_maps = models.resolve_layer_maps(net, layer, dataset.size)
     layers = [info.name for info in layer_maps]
+    head = find_head(net, dataset[0][0].to(dev))
     attrs = {
         "model": model, "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": loaded.checkpoint_sha256, "num_classes": loaded.num_classes, "data": data,
@@ -119,16 +121,16 @@ def extract(
         "methods": method_list, "layers": layers,
         "layer_shapes": {info.name: list(info.out_shape[1:]) for info in layer_maps}, "targets": target_list,
         "n": len(dataset), "chunk": chunk, "seed": seed, "bad_images": list(dataset.bad_images), "created": now(),
-        "command": command_line(), "versions": versions(), "device": str(dev),
+        "command": command_line(), "versions": versions(), "device": str(dev), "embedding": head.to_attrs(),
     }
     mask_shape = tuple(dataset.size) if dataset.has_masks else None
     chunks = chunk_range(len(dataset), chunk, shard_kn)
     start = time.perf_counter()
     with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
                      chunks=chunks) as writer:
-        with CamEngine(net, layers, method_list, seed=seed) as engine:
-            processed = _fill(writer, engine, dataset, dev, target_list, batch_size=batch_size, workers=workers,
-                              chunk=chunk, progress=progress)
+        with CamEngine(net, layers, method_list, seed=seed) as engine, HeadInput(net, head) as head_input:
+            processed = _fill(writer, engine, head_input, dataset, dev, target_list, batch_size=batch_size,
+                              workers=workers, chunk=chunk, progress=progress)
     seconds = time.perf_counter() - start
     from camstat.store import Store
 
@@ -180,8 +182,8 @@ def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None
     return loaded, dataset
 
 
-def _fill(writer: StoreWriter, engine: CamEngine, dataset, dev, targets: list[str], *, batch_size: int,
-          workers: int, chunk: int, progress: Callable[[int, int], None] | None) -> int:
+def _fill(writer: StoreWriter, engine: CamEngine, head_input: HeadInput, dataset, dev, targets: list[str], *,
+          batch_size: int, workers: int, chunk: int, progress: Callable[[int, int], None] | None) -> int:
     """Run the pending chunks batch by batch, writing each chunk when complete; the number of images run."""
     pending = writer.pending()
     total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
@@ -192,7 +194,7 @@ def _fill(writer: StoreWriter, engine: CamEngine, dataset, dev, targets: list[st
     parts: list = []
     for images, labels, idx in loader:
         out = engine(images.to(dev), labels.to(dev), targets)
-        parts.append((idx.numpy(), labels.numpy(), out))
+        parts.append((idx.numpy(), labels.numpy(), out, head_input.take()))
         processed += len(idx)
         if progress:
             progress(processed, total)
@@ -224,6 +226,8 @@ def _write_chunk(writer: StoreWriter, k: int, parts: list, dataset) -> None:
         "correct": pred.numpy() == labels,
         "logits": logits.numpy(),
     }
+    if parts[0][3] is not None:
+        samples["embedding"] = torch.cat([p[3] for p in parts]).cpu().numpy().astype(np.float16)
     maps = {key: torch.cat([p[2].maps[key] for p in parts]).float().cpu().numpy() for key in parts[0][2].maps}
     for (method, layer, target), values in maps.items():
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from camstat.present.text import (ci, fmt_p, num, orientation_text, random_text, random_warning, reference_kind,
-                                  verdict_text)
+from camstat.present.text import (ci, class_mix, composition_text, fmt_p, num, orientation_text, random_text,
+                                  random_warning, reference_kind, verdict_text)
 
 
 def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table:
@@ -28,8 +28,7 @@ def render_consistency(d: dict) -> list:
     if d.get("groups"):
         items.append(_groups(d, label))
     if d.get("clusters"):
-        c = d["clusters"]
-        items.append(Text(f"clusters: k = {c['k']} on {c['features']}; sizes {c['sizes']}"))
+        items.append(_clusters(d["clusters"]))
     u = d["undefined_reference"]
     if u["n"]:
         items.append(Text(f"{u['n']} image(s) without a reference ({u['per_group']}): NaN for reference-based metrics, "
@@ -94,6 +93,14 @@ def _groups(d: dict, label: str) -> Table:
             if g is not None:
                 t.add_row(row[label], subset, str(g["n"]), str(g.get("n_sampled", "-")),
                           *(num(g.get(c)) for c in cols))
+    return t
+
+
+def _clusters(c: dict) -> Table:
+    t = _table(f"composition clusters: {composition_text(c)}", ("cluster", "n", "silhouette", "classes"),
+               ("cluster", "classes"))
+    for name, size, sil in zip(c["names"], c["sizes"], c["silhouette"]):
+        t.add_row(name, str(size), num(sil, ".2f"), class_mix(c["class_counts"].get(name, {})))
     return t
 
 
