@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from camstat.composition import FEATURES
+from camstat.data import with_class_names
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
@@ -188,6 +189,7 @@ def _root(
 def extract(
     model: str = typer.Option(..., "--model", help="torchvision:NAME, camstat:resnet20|smallcnn, timm:NAME, file.py:factory, module:factory, torchscript:PATH."),
     data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT, npz:PATH[?classes=a,b]."),
+    class_names: Optional[str] = typer.Option(None, "--classes", help="npz: class names a,b,... in label order (default: the numbers)."),
     store: Path = typer.Option(..., "--store", help="Zarr store to write, e.g. store/NAME.zarr."),
     split: str = typer.Option("test", "--split", help="train or test (npz: also val)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
@@ -219,7 +221,7 @@ def extract(
         raise CamstatError("--resume and --overwrite exclude each other")
     with progress_bar("extract") as update:
         result = run_extract(
-            model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
+            model, with_class_names(data, class_names), store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
             methods=methods, layer=layer, target=target.value, size=size, normalize=normalize, limit=limit,
             batch_size=batch_size, workers=workers, device=device,
@@ -281,7 +283,8 @@ def layers(
 
 @app.command("train-reg")
 def train_reg(
-    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT (train split to learn, test split held out)."),
+    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, npz:PATH (train split to learn; val/test held out)."),
+    class_names: Optional[str] = typer.Option(None, "--classes", help="npz: class names a,b,... in label order (default: the numbers)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory, e.g. runs/NAME (rerun the same command to resume)."),
     model: str = typer.Option("camstat:resnet20", "--model", help="Architecture spec, trained from scratch (see extract)."),
     lam: float = typer.Option(0.0, "--lambda", help="Weight of the CAM term; 0 = plain cross-entropy training (the baseline)."),
@@ -322,7 +325,7 @@ def train_reg(
     from camstat.training.train import train
 
     config = TrainConfig(
-        model=model, data=data, out=str(out_dir), lam=lam, loss=loss.value, cam=cam.value,
+        model=model, data=with_class_names(data, class_names), out=str(out_dir), lam=lam, loss=loss.value, cam=cam.value,
         means=str(means) if means else None, layer=layer, schedule=schedule.value, cam_warmup=cam_warmup,
         cam_ramp=cam_ramp, hybrid=hybrid, means_update=means_update.value, ema_decay=ema_decay, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum, nesterov=nesterov,
