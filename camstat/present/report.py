@@ -203,7 +203,7 @@ def report(
     seed: int = 0,
     control: bool | str | None = True,
     random_store: str | Path | None = None,
-    clusters: int = 8,
+    clusters: int | str = 8, features: str = "thumbnail", within_class: bool = False,  # --by cluster
     pair_sample: int = 500,
     size: int | None = None,
     q: float = 0.2,
@@ -236,11 +236,11 @@ def report(
     control_name = _control_name(control)
     h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
                       correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group,
-                      seed=seed, control=control_name, clusters=clusters, pair_sample=pair_sample, size=size, q=q)
+                      seed=seed, control=control_name, clusters=clusters, features=features,
+                      within_class=within_class, pair_sample=pair_sample, size=size, q=q)
     analyses, opened, rnd = _analyses(stores, method, random_store, primary, h1_options, say)
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
-                               "runs": [], "compare": None}
-    results["runs"] = [_read_run(p) for p in [*runs, *vs_runs]]
+                               "runs": [_read_run(p) for p in [*runs, *vs_runs]], "compare": None}
     arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
     if arms is not None:
         from camstat.compare import compare_runs
