@@ -77,7 +77,12 @@ MUTATIONS: tuple[Mutation, ...] = (
       "rebuilt = stream_metrics(s, spec, opts.metrics, g.groups, shuffled,",
       "rebuilt = stream_metrics(s, spec, opts.metrics, g.groups, correct,",
       T + "test_consistency.py::test_rebuilt_control_references_come_from_the_shuffled_labels"),
-    m("cluster-features-noise", "camstat/composition.py",
+    m("by-cluster-features-noise", "camstat/h1/groups.py",
+      "found = composition.cluster(composition.store_features(store, opts.features), opts.clusters,",
+      "found = composition.cluster(np.random.default_rng(0).normal(size=composition.store_features(store,"
+      " opts.features).shape), opts.clusters,",
+      T + "test_composition.py::test_cli_clusters_recover_the_planted_positions"),
+    m("kmeans-on-noise", "camstat/composition.py",
       "    x = scaler.transform(feats)\n",
       "    x = np.random.default_rng(seed).standard_normal(feats.shape)\n",
       T + "test_composition.py::test_mask_clusters_recover_the_planted_positions"),
