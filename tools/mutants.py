@@ -98,7 +98,7 @@ MUTATIONS: tuple[Mutation, ...] = (
       "cam = obj.get_cam_image(images, module, targets, acts.cpu().numpy(), grads.cpu().numpy(), False)",
       "cam = obj.get_cam_image(images, module, targets, grads.cpu().numpy(), acts.cpu().numpy(), False)",
       T + "test_cams.py::test_library_methods_equal_pytorch_grad_cam_on_a_spatial_layer"),
-    # ---- statistics -------------------------------------------------------------------------------------
+    # ---- statistics and metrics -------------------------------------------------------------------------------------
     m("mann-whitney-orientation", "camstat/stats.py",
       'mw = scipy.stats.mannwhitneyu(x, y, alternative="two-sided")',
       'mw = scipy.stats.mannwhitneyu(y, x, alternative="two-sided")',
@@ -135,6 +135,14 @@ MUTATIONS: tuple[Mutation, ...] = (
       "sig, above = bool(pa < alpha), bool(lo > 0.5)",
       "sig, above = bool(pa < alpha), bool(a > 0.5)",
       T + "test_stats_verdict.py::test_verdict_needs_adjusted_p_and_auc_ci_above_half"),
+    m("loo-keeps-own-map", "camstat/metrics.py",
+      "ref = s[c] - own[:, None, None] * x",
+      "ref = s[c].copy()",
+      T + "test_metrics.py::test_class_sums_accumulate_over_chunks_and_loo_matches_naive_loop"),
+    m("ssim-k2", "camstat/metrics.py",
+      "K2 = 0.03",
+      "K2 = 0.01",
+      T + "test_metrics.py::test_ssim_matches_skimage"),
     # ---- store ------------------------------------------------------------------------------------------
     m("done-flags-never-written", "camstat/store.py",
       'group["done"][sl] = np.ones(sl.stop - sl.start, dtype=bool)',
