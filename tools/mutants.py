@@ -98,7 +98,7 @@ MUTATIONS: tuple[Mutation, ...] = (
       "cam = obj.get_cam_image(images, module, targets, acts.cpu().numpy(), grads.cpu().numpy(), False)",
       "cam = obj.get_cam_image(images, module, targets, grads.cpu().numpy(), acts.cpu().numpy(), False)",
       T + "test_cams.py::test_library_methods_equal_pytorch_grad_cam_on_a_spatial_layer"),
-    # ---- statistics and metrics -------------------------------------------------------------------------------------
+    # ---- statistics and metrics -------------------------------------------------------------------------
     m("mann-whitney-orientation", "camstat/stats.py",
       'mw = scipy.stats.mannwhitneyu(x, y, alternative="two-sided")',
       'mw = scipy.stats.mannwhitneyu(y, x, alternative="two-sided")',
