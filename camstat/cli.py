@@ -23,7 +23,7 @@ from camstat.data import with_class_names
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
-                                      render_train)
+                                      render_train, render_verify)
 from camstat.records import jsonable
 from camstat.sweep import EMITS
 from camstat.training.config import CHOICES as TRAIN_CHOICES
@@ -578,11 +578,7 @@ def verify(
 
     result = open_store(store).verify()
     write_json(json_path, result.to_dict())
-    out.print(f"{store}: {result.chunks} chunks in {result.arrays} arrays checked", highlight=False, soft_wrap=True)
-    if result.unchecksummed:
-        out.print(f"{len(result.unchecksummed)} of {result.arrays} arrays carry no checksum (written before camstat"
-                  " checksummed chunks): a flipped bit inside them goes unnoticed; re-extract to add checksums",
-                  highlight=False, soft_wrap=True)
+    show(render_verify(result.to_dict()), json_path)
     for bad in result.bad:
         console.print(f"damaged: {bad}", highlight=False, soft_wrap=True)
     if not result.ok:

@@ -160,6 +160,15 @@ def render_extract(r: dict, shard: str | None = None) -> list:
             + ("" if r.get("owned_chunks", 1) else f" (shard {shard} owns no chunk: nothing to do)")]
 
 
+def render_verify(v: dict) -> list:
+    """``camstat verify``: what was checked, and the arrays that carry no checksum (damaged chunks: see the CLI)."""
+    items: list = [f"{v['store']}: {v['chunks']} chunks in {v['arrays']} arrays checked"]
+    if v["unchecksummed"]:
+        items.append(f"{len(v['unchecksummed'])} of {v['arrays']} arrays carry no checksum (written before camstat"
+                     " checksummed chunks): a flipped bit inside them goes unnoticed; re-extract to add checksums")
+    return items
+
+
 INFO_KEYS = ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
              "methods", "layers", "layer_shapes", "targets", "input_size", "has_masks", "bad_images", "derived",
              "created", "command")
