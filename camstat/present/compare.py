@@ -43,6 +43,29 @@ def paired_table(d: dict) -> Table:
     return table
 
 
+FAITHFULNESS_LABELS = {"road_combined": "ROAD combined", "road_vs_random": "vs random maps",
+                       "road_vs_class_mean": "vs class-mean map"}
+
+
+def faithfulness_table(d: dict) -> Table:
+    """Each arm's ROAD faithfulness over seeds and the seed-paired difference (only when runs were scored)."""
+    f = d["faithfulness"]
+    a, b = list(d["arms"])
+    s = f["settings"]
+    table = Table(title=f"faithfulness of each run's --cam maps (ROAD on {s['n']} test images of RUN/{f['store']}; "
+                        "higher = more faithful; vs: mean paired difference of combined): mean ± sd [95% t CI] "
+                        f"over seeds; paired by seed: {d['paired']['difference']}")
+    for col in ("metric", a, b, "mean diff", "95% t CI", "p sign-flip", "p Wilcoxon"):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+    for m, label in FAITHFULNESS_LABELS.items():
+        r = d["paired"].get(m) or {}
+        cells = [f"{_num(d['arms'][n][m]['mean'])} ± {_num(d['arms'][n][m]['sd'])} ({d['arms'][n][m]['n']} runs)\n"
+                 f"{_ci(d['arms'][n][m])}" for n in (a, b)]
+        table.add_row(label, *cells, _num(r.get("mean_diff")), _ci(r), _num(r.get("p_signflip"), ".3g"),
+                      _num(r.get("p_wilcoxon"), ".3g"))
+    return table
+
+
 def mcnemar_table(d: dict) -> Table:
     a, b = list(d["arms"])
     table = Table(title="exact McNemar on per-image correctness: descriptive only (run-to-run scale below), "
@@ -68,12 +91,16 @@ def notes(d: dict) -> list[str]:
         out.append("no seed occurs in both arms: no paired tests")
     if len(d.get("models", [])) > 1:
         out.append(f"the runs use different models: {', '.join(d['models'])}")
+    if d.get("faithfulness") and d["faithfulness"]["unscored"]:
+        out.append(f"runs without a scored RUN/{d['faithfulness']['store']}, left out of the faithfulness numbers: "
+                   + ", ".join(d["faithfulness"]["unscored"]))
     return out
 
 
 def render(d: dict) -> list:
     """Renderables (tables, then note lines) of one comparison's ``to_dict()``."""
-    return [arms_table(d), paired_table(d), mcnemar_table(d), *(f"note: {n}" for n in notes(d))]
+    faith = [faithfulness_table(d)] if d.get("faithfulness") else []
+    return [arms_table(d), paired_table(d), *faith, mcnemar_table(d), *(f"note: {n}" for n in notes(d))]
 
 
 def render_sweep(d: dict) -> list:
