@@ -8,6 +8,6 @@ __all__ = ["CamstatError", "__version__", "open_store"]
 
 
 def open_store(path):  # re-exported lazily so `import camstat` stays light
-    from camstat.store import open_store as _open
+    from camstat import store
 
-    return _open(path)
+    return store.open_store(path)

@@ -12,11 +12,16 @@ The engine runs **one forward and one backward pass per batch and target**:
 forward hooks turn the first target layer's output into a fresh leaf, so
 the backward stops there (never reaching the parameters or the input), and
 every requested method and layer is computed from the same activations and
-gradients.
+gradients. Layer outputs are read as (B, C, h, w) grids first
+(:mod:`camstat.grids`), so transformer tokens and channels-last stages work
+as pytorch-grad-cam's ``reshape_transform`` makes them work. ShapleyCAM adds
+a Hessian-vector product to the same pass; RandomCAM is seeded per image.
 """
 
 from __future__ import annotations
 
+import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -24,21 +29,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from camstat.errors import CamstatError
+from camstat.grids import GridLayout, declared_prefix_tokens, grid_layout, to_grid
 
 TARGETS = ("pred", "true")
 
 
 class CamMethod:
-    """A gradient-based CAM: ``ReLU(sum_k w_k A_k)`` unless :meth:`cam` says otherwise."""
+    """A gradient-based CAM: ``ReLU(sum_k w_k A_k)`` unless :meth:`cam` says otherwise.
+
+    ``second_order`` methods also need the Hessian-vector product ``H A`` of
+    the target score with respect to the activations (``hvp``).
+    """
 
     name: str = ""
+    second_order: bool = False
 
     def weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def cam(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def cam(self, acts: torch.Tensor, grads: torch.Tensor, hvp: torch.Tensor | None = None) -> torch.Tensor:
         w = self.weights(acts, grads)
         return torch.relu((w[:, :, None, None] * acts).sum(dim=1))
 
@@ -85,7 +97,7 @@ class HiResCAM(CamMethod):
 
     name = "hirescam"
 
-    def cam(self, acts, grads):
+    def cam(self, acts, grads, hvp=None):
         return torch.relu((grads * acts).sum(dim=1))
 
 
@@ -94,11 +106,49 @@ class LayerCAM(CamMethod):
 
     name = "layercam"
 
-    def cam(self, acts, grads):
+    def cam(self, acts, grads, hvp=None):
         return torch.relu((torch.relu(grads) * acts).sum(dim=1))
 
 
-NATIVE: dict[str, CamMethod] = {m.name: m for m in (GradCAM(), GradCAMPlusPlus(), XGradCAM(), HiResCAM(), LayerCAM())}
+class ShapleyCAM(CamMethod):
+    """ShapleyCAM (Cai et al. 2025, arXiv:2501.06261): a second-order Taylor
+    view of Grad-CAM, ``w_k = mean_ij (g - H A / 2)_kij`` with ``H A`` the
+    Hessian-vector product of the score, as pytorch-grad-cam computes it. For
+    a piecewise-linear head (ReLU, pooling, linear) ``H A = 0`` and it equals Grad-CAM.
+    """
+
+    name = "shapleycam"
+    second_order = True
+
+    def cam(self, acts, grads, hvp=None):
+        if hvp is None:
+            raise CamstatError("shapleycam needs the Hessian-vector product of the score (hvp)")
+        w = (grads - 0.5 * hvp).mean(dim=(2, 3))
+        return torch.relu((w[:, :, None, None] * acts).sum(dim=1))
+
+
+NATIVE: dict[str, CamMethod] = {
+    m.name: m for m in (GradCAM(), GradCAMPlusPlus(), XGradCAM(), HiResCAM(), LayerCAM(), ShapleyCAM())
+}
+RANDOM = "randomcam"
+
+
+def random_cam(acts: torch.Tensor, keys: Sequence[int], seed: int) -> torch.Tensor:
+    """RandomCAM, the sanity baseline of pytorch-grad-cam: ``ReLU(sum_k w_k A_k)``
+    with ``w_k ~ U(-1, 1)``. Image b's weights come from a generator seeded by
+    ``(seed, keys[b])`` -- a digest of the image -- so a map depends on the
+    seed and the image only: reruns, resumed runs and other batchings agree bitwise.
+    """
+    k = acts.shape[1]
+    w = np.stack([np.random.default_rng([seed, key]).uniform(-1, 1, k) for key in keys])
+    w = torch.as_tensor(w, dtype=acts.dtype, device=acts.device)
+    return torch.relu((w[:, :, None, None] * acts).sum(dim=1))
+
+
+def image_keys(images: torch.Tensor) -> list[int]:
+    """A 63-bit digest of each image's bytes, the per-image key of :func:`random_cam`."""
+    flat = images.detach().cpu().contiguous().numpy()
+    return [int.from_bytes(hashlib.blake2b(x.tobytes(), digest_size=8).digest(), "little") >> 1 for x in flat]
 
 
 # pytorch-grad-cam's other methods, by the names its README uses (lower case) -> class name.
@@ -109,14 +159,12 @@ LIBRARY = {
     "eigengradcam": "EigenGradCAM",
     "ablationcam": "AblationCAM",
     "gradcamelementwise": "GradCAMElementWise",
-    "randomcam": "RandomCAM",
     "kpcacam": "KPCA_CAM",
-    "shapleycam": "ShapleyCAM",
 }
 
 
 def available_methods() -> list[str]:
-    return list(NATIVE) + sorted(LIBRARY)
+    return list(NATIVE) + sorted([*LIBRARY, RANDOM])
 
 
 def parse_methods(text: str) -> list[str]:
@@ -152,18 +200,25 @@ class CamBatch:
 class CamEngine:
     """Hooks a model's target layers and computes every method from one pass.
 
+    Layer outputs are read as image grids (:mod:`camstat.grids`): token
+    sequences of ViTs lose their prefix tokens and become (B, C, h, w),
+    channels-last stages are permuted. ``seed`` seeds ``randomcam``.
     Use as a context manager (hooks are removed on exit)::
 
         with CamEngine(model, ["layer4"], ["gradcam", "gradcam++"]) as engine:
             out = engine(images, labels, targets=["pred"])
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], methods: Sequence[str]):
+    def __init__(self, model: nn.Module, layers: Sequence[str], methods: Sequence[str], seed: int = 0):
         self.model = model
         self.layers = list(layers)
         self.methods = list(methods)
+        self.seed = seed
         modules = dict(model.named_modules())
+        self._prefix = declared_prefix_tokens(model)
+        self._input_hw: tuple[int, int] = (0, 0)
         self._acts: dict[str, torch.Tensor] = {}
+        self._layouts: dict[str, GridLayout] = {}
         self._capturing = False
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
         self._library = {}
@@ -180,16 +235,21 @@ class CamEngine:
         def hook(module, inputs, output):
             if not self._capturing:
                 return None
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            layout = None
+            if isinstance(output, torch.Tensor):
+                layout = grid_layout(tuple(output.shape[1:]), self._input_hw, self._prefix)
+            if layout is None:
                 raise CamstatError(
                     f"layer {name!r} outputs {type(output).__name__}"
-                    f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}, not a 4-D feature map;"
+                    f"{tuple(output.shape) if isinstance(output, torch.Tensor) else ''}, which is neither a feature"
+                    " map, a channels-last map nor transformer tokens forming a patch grid;"
                     " pick another with `camstat layers`"
                 )
             if not output.requires_grad:
                 # Start the graph here: the backward then ends at this layer.
                 output = output.detach().requires_grad_(True)
             self._acts[name] = output
+            self._layouts[name] = layout
             # A clone keeps the recorded activations safe from in-place ops downstream.
             return output.clone()
 
@@ -208,29 +268,52 @@ class CamEngine:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: Sequence[str] = ("pred",)) -> CamBatch:
         self._acts = {}
+        self._input_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        second_order = any(m in NATIVE and NATIVE[m].second_order for m in self.methods)
         self._capturing = True
         try:
-            with torch.enable_grad():
+            # fused attention kernels have no second derivative; the math kernel has
+            with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]) if second_order else nullcontext():
                 logits = self.model(images)
         finally:
             self._capturing = False
         acts = [self._acts[name] for name in self.layers]
+        keys = image_keys(images) if RANDOM in self.methods else []
         pred = logits.argmax(dim=1)
         maps: dict[tuple[str, str, str], torch.Tensor] = {}
         classes_of = {"pred": pred, "true": labels.to(logits.device)}
         for ti, target in enumerate(targets):
             cls = classes_of[target]
             score = logits.gather(1, cls[:, None]).sum()
-            last = ti == len(targets) - 1
-            grads = torch.autograd.grad(score, acts, retain_graph=not last)
+            keep = second_order or ti < len(targets) - 1
+            grads = torch.autograd.grad(score, acts, retain_graph=keep, create_graph=second_order)
             for name, a, g in zip(self.layers, acts, grads):
-                a, g = a.detach(), g.detach()
+                hvp = self._hvp(a, g) if second_order else None
+                layout = self._layouts[name]
+                a, g = to_grid(a.detach(), layout), to_grid(g.detach(), layout)
+                hvp = None if hvp is None else to_grid(hvp, layout)
                 for m in self.methods:
                     if m in NATIVE:
-                        maps[(m, name, target)] = NATIVE[m].cam(a, g)
+                        maps[(m, name, target)] = NATIVE[m].cam(a, g, hvp)
+                    elif m == RANDOM:
+                        maps[(m, name, target)] = random_cam(a, keys, self.seed)
                     else:
                         maps[(m, name, target)] = self._library_cam(m, name, images, cls, a, g)
         return CamBatch(logits=logits.detach(), maps=maps)
+
+    @staticmethod
+    def _hvp(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """``H A``: the derivative of ``<dY/dA, A>`` with A held fixed, as pytorch-grad-cam's ShapleyCAM."""
+        if not grads.requires_grad:  # the score is linear in A past this layer
+            return torch.zeros_like(acts)
+        try:
+            (hvp,) = torch.autograd.grad(grads, acts, grad_outputs=acts, retain_graph=True, allow_unused=True)
+        except RuntimeError as exc:
+            raise CamstatError(
+                f"shapleycam needs second derivatives, which an operation of this model lacks "
+                f"({str(exc).splitlines()[0]}); drop shapleycam from --methods"
+            ) from exc
+        return torch.zeros_like(acts) if hvp is None else hvp.detach()
 
     def _library_cam(self, method, layer, images, cls, acts, grads) -> torch.Tensor:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -252,8 +335,9 @@ def differentiable_cams(
     ``dY/dA`` so that a loss on the maps trains the network (a double backward
     that, for the last stage, only runs through the head).
     """
-    if method not in NATIVE:
-        raise CamstatError(f"differentiable CAM supports {', '.join(NATIVE)}, not {method!r}")
+    first_order = [m for m, cam in NATIVE.items() if not cam.second_order]
+    if method not in first_order:
+        raise CamstatError(f"differentiable CAM supports {', '.join(first_order)}, not {method!r}")
     (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=create_graph)
     return NATIVE[method].cam(acts, grads)
 

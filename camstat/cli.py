@@ -11,21 +11,25 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from enum import Enum
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from camstat.errors import CamstatError, command_line_spelling
+from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
+from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
+                                      render_train)
 from camstat.records import jsonable
 
 # Newer Typer vendors click: reach its exception base through a public class.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,  # click's help: flags shown as flags, choices as <a|b|c>
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Statistics of class-activation-map consistency: extract CAMs, test H1, train with a CAM loss (H2), report.",
@@ -35,12 +39,76 @@ app = typer.Typer(
 console = Console(stderr=True, markup=False, emoji=False)
 out = Console(markup=False, emoji=False)
 
-JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file.")
+CheckpointPrefixOpt = typer.Option(None, "--checkpoint-prefix", help="Sub-module prefix of the model's keys in the checkpoint (e.g. model, net); default: found automatically.")
+JsonOpt = typer.Option(None, "--json", help="Write the machine-readable result to this file (- for stdout; then "
+                       "everything else goes to stderr).")
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of an option's values, so that --help lists them and completion offers them."""
+    return Enum(name, {v.replace("-", "_") or "none": v for v in values}, type=str)
+
+
+By = _choices("By", BY)
+ClassOf = _choices("ClassOf", CLASS_OF)
+Correction = _choices("Correction", CORRECTIONS)
+Target = _choices("Target", ("pred", "true"))
+ExtractTarget = _choices("ExtractTarget", ("pred", "true", "both"))
+OnBadImage = _choices("OnBadImage", ("skip", "fail"))
+Control = _choices("Control", ("permuted", "none"))
+Split = _choices("Split", ("train", "val", "test"))
+Intensity = _choices("Intensity", ("dtype", "minmax"))
+
+
+# Options shared by `consistency` and `report` (and new H1 commands): declared once, defaults in the signature.
+LayerOpt = Annotated[Optional[str], typer.Option("--layer", help="Layer in the store (default: its first).")]
+TargetOpt = Annotated[Target, typer.Option("--target", help="Explained class as extracted.")]
+ByOpt = Annotated[By, typer.Option("--by", help="correct (H1 tests per class and pooled), class (group-level "
+                                   "consistency per class) or cluster (k-means composition clusters; H1 tests "
+                                   "within clusters).")]
+MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma list (default: every per-image metric "
+                                                   "that applies): dist, ssim, iou, corr, com, entropy, spread, "
+                                                   "pointing, energy (the last two need masks).")]
+ClassOfOpt = Annotated[ClassOf, typer.Option("--class-of", help="Group images by predicted class (pred) or true "
+                                             "label (label).")]
+ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="Store whose correct maps give the class "
+                                                      "means (e.g. the train split); default: leave-one-out means.")]
+CorrectionOpt = Annotated[Correction, typer.Option("--correction", help="Multiplicity over classes x metrics.")]
+PermutationsOpt = Annotated[int, typer.Option("--permutations", help="Permutations of the stratified test (seeded).")]
+BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs (seeded).")]
+MinGroupOpt = Annotated[int, typer.Option("--min-group", help="Skip (and report) classes with fewer correct or "
+                                          "incorrect images.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds permutations, bootstrap, controls, k-means and pair "
+                                      "samples.")]
+RandomStoreOpt = Annotated[Optional[Path], typer.Option("--random-store", help="Store of the same architecture and "
+                                                        "images with randomised weights (extract without "
+                                                        "--checkpoint): Adebayo et al. sanity check.")]
+ClustersOpt = Annotated[int, typer.Option("--clusters", help="k of k-means for --by cluster.")]
+PairSampleOpt = Annotated[int, typer.Option("--pair-sample", help="At most this many maps per group for pairwise "
+                                            "group-level metrics (seeded sample).")]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Analysis size in pixels (default: the store's "
+                                                "input size).")]
+QOpt = Annotated[float, typer.Option("--q", help="Top fraction of pixels for the IoU masks.")]
+
+
+def human(json_path: Optional[Path]) -> Console:
+    """Where human output goes: stdout, or stderr when the JSON goes to stdout (``--json -``)."""
+    return console if json_path is not None and str(json_path) == "-" else out
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 
 
+def show(items: list, json_path: Optional[Path]) -> None:
+    """Print a view (:mod:`camstat.present.terminal`) where human output goes."""
+    console_ = human(json_path)
+    for item in items:
+        console_.print(item, highlight=False, soft_wrap=isinstance(item, str))
+
+
 def write_json(path: Optional[Path], result: dict) -> None:
-    if path is not None:
+    """The machine-readable result into ``path`` (``-``: stdout)."""
+    if path is not None and str(path) == "-":
+        sys.stdout.write(json.dumps(jsonable(result), indent=2, sort_keys=False) + "\n")
+    elif path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(jsonable(result), indent=2, sort_keys=False) + "\n")
@@ -81,9 +149,19 @@ def progress_bar(description: str) -> Iterator:
             bar.stop()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from camstat import __version__
+
+        out.print(f"camstat {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda v: _version(v),
+                                 help="Print camstat's version and exit."),
 ) -> None:
     """camstat: is the evidence a classifier looks at consistent, and does consistency predict correctness?"""
 
@@ -97,9 +175,10 @@ def extract(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Output classes (default: from checkpoint)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file!)."),
+    checkpoint_prefix: Optional[str] = CheckpointPrefixOpt,
     methods: str = typer.Option("gradcam,gradcam++", "--methods", help="Comma list: gradcam, gradcam++, xgradcam, hirescam, layercam, or a pytorch-grad-cam method (scorecam, eigencam, ...)."),
     layer: str = typer.Option("auto", "--layer", help="auto (last conv stage) or comma list of module names (see `camstat layers`)."),
-    target: str = typer.Option("pred", "--target", help="Class whose score is explained: pred, true or both."),
+    target: ExtractTarget = typer.Option("pred", "--target", help="Class whose score is explained: pred, true or both."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (creates the store if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N (K from 0): fill only the K-th of N chunk-aligned slices; under torchrun the rank is used."),
@@ -108,8 +187,8 @@ def extract(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use N images (a seeded, class-balanced subset)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
-    intensity: str = typer.Option("dtype", "--intensity", help="Pixel values to [0, 1]: dtype (by the file's depth: 8-bit /255, 16-bit /65535 or its PNG sBIT depth, float as is and must lie in [0, 1]) or minmax (per image)."),
+    on_bad_image: OnBadImage = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
+    intensity: Intensity = typer.Option("dtype", "--intensity", help="Pixel values to [0, 1]: dtype (by the file's depth: 8-bit /255, 16-bit /65535 or its PNG sBIT depth, float as is and must lie in [0, 1]) or minmax (per image)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     chunk: int = typer.Option(256, "--chunk", help="Samples per store chunk (the unit of resume and sharding)."),
     device: str = DeviceOpt,
@@ -120,22 +199,16 @@ def extract(
 
     if resume and overwrite:
         raise CamstatError("--resume and --overwrite exclude each other")
-    if on_bad_image not in ("skip", "fail"):
-        raise CamstatError(f"invalid --on-bad-image {on_bad_image!r}; choose skip or fail")
     with progress_bar("extract") as update:
         result = run_extract(
             model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
-            num_classes=num_classes, trust_checkpoint=trust_checkpoint, methods=methods, layer=layer,
-            target=target, size=size, normalize=normalize, limit=limit, batch_size=batch_size, workers=workers,
-            device=device, mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
-            on_bad_image=on_bad_image, seed=seed, chunk=chunk, progress=update, intensity=intensity,
+            num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
+            methods=methods, layer=layer, target=target.value, size=size, normalize=normalize, limit=limit,
+            batch_size=batch_size, workers=workers, device=device,
+            mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
+            on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update, intensity=intensity.value,
         )
-    out.print(
-        f"{result.store}: {result.n} images, accuracy {result.accuracy:.4f}, {', '.join(result.methods)} at "
-        f"{', '.join(result.layers)}; {result.processed} processed at {result.images_per_second:.1f} img/s"
-        + ("" if result.complete else " (store not complete yet: other shards pending)")
-        + ("" if result.owned_chunks else f" (shard {shard} owns no chunk: nothing to do)")
-    )
+    show(render_extract(result.to_dict()), json_path)
     write_json(json_path, result.to_dict())
 
 
@@ -147,45 +220,8 @@ def info(
     """What a store holds: model, data, methods, layers, n, accuracy, completeness."""
     from camstat.store import open_store
 
-    s = open_store(store)
-    a = s.attrs
-    samples = s.samples
-    done = samples["done"]
-    result = {
-        "store": str(store),
-        "model": a["model"],
-        "checkpoint": a.get("checkpoint"),
-        "checkpoint_sha256": a.get("checkpoint_sha256"),
-        "data": a["data"],
-        "split": a["split"],
-        "classes": a["classes"],
-        "input_size": a["input_size"],
-        "normalize": a["normalize"],
-        "methods": a["methods"],
-        "layers": a["layers"],
-        "layer_shapes": a["layer_shapes"],
-        "targets": a["targets"],
-        "n": s.n,
-        "done": int(done.sum()),
-        "complete": bool(done.all()),
-        "accuracy": float(samples["correct"][done].mean()) if done.any() else None,
-        "has_masks": s.has_masks,
-        "bad_images": len(a.get("bad_images", [])),
-        "derived": sorted(s.root["derived"].group_keys()) if "derived" in s.root else [],
-        "created": a.get("created"),
-        "command": a.get("command"),
-        "versions": a.get("versions"),
-    }
-    table = Table(title=str(store), show_header=False)
-    for key in ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
-                "methods", "layers", "layer_shapes", "targets", "input_size", "has_masks", "bad_images", "derived",
-                "created", "command"):
-        value = result[key]
-        if key == "accuracy" and value is not None:
-            value = f"{value:.4f}"
-        table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
-    table.add_row("classes", f"{len(a['classes'])}: {', '.join(a['classes'][:10])}{' ...' if len(a['classes']) > 10 else ''}")
-    out.print(table)
+    result = open_store(store).summary()
+    show(render_info(result), json_path)
     write_json(json_path, result)
 
 
@@ -195,26 +231,33 @@ def layers(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
-    size: int = typer.Option(224, "--size", help="Input size used to report output shapes."),
+    checkpoint_prefix: Optional[str] = CheckpointPrefixOpt,
+    data: Optional[str] = typer.Option(None, "--data", help="Data spec, as for extract: its image size is the default --size."),
+    split: str = typer.Option("test", "--split"),
+    size: Optional[int] = typer.Option(None, "--size", help="Input size (default, as extract: checkpoint metadata, else the --data's size, else 224)."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """List a model's candidate target layers (name, type, output shape); `auto` is marked."""
+    from camstat import data as data_mod
     from camstat import models
 
+    meta = {}
     if checkpoint is None:  # layer shapes don't depend on the class count: no need to ask for it
         module = models.build_model(model, num_classes)
     else:
-        module = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
-                                   trust_checkpoint=trust_checkpoint).module
-    candidates = models.candidate_layers(module, (size, size))
-    auto = models.resolve_layers(module, "auto", (size, size))
-    table = Table(title=f"{model}: candidate target layers at {size}x{size}")
-    for col in ("layer", "type", "output shape", ""):
-        table.add_column(col)
-    for c in candidates:
-        table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")
-    out.print(table)
-    write_json(json_path, {"model": model, "size": size, "auto": auto,
+        loaded = models.load_model(model, num_classes=num_classes, checkpoint=str(checkpoint),
+                                   trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix)
+        module, meta = loaded.module, loaded.meta
+    if size is None and meta.get("size"):
+        size = int(meta["size"][0])
+    hw = (size, size) if size is not None else (224, 224)
+    if data is not None:  # the size extract would use
+        hw = tuple(data_mod.load_dataset(data, split, size=size, limit=1).size)
+    trace = models.LayerTrace(module, hw)
+    candidates = trace.candidates()
+    auto = [trace.auto().name]
+    show(render_layers(model, hw, candidates, auto), json_path)
+    write_json(json_path, {"model": model, "size": hw[0], "input_size": list(hw), "auto": auto,
                            "layers": [{"name": c.name, "type": c.type, "shape": list(c.out_shape)} for c in candidates]})
 
 
@@ -268,27 +311,13 @@ def train_reg(
         augment=augment, size=size, normalize=normalize, limit=limit, eval_limit=eval_limit,
         eval_split=eval_split, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
     )
-    fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)
-
     def on_epoch(r: dict) -> None:
-        console.print(f"epoch {r['epoch']}: lambda {r['lambda']:g}  loss {r['loss']:.4f} (cls {r['loss_cls']:.4f}, "
-                      f"cam {fmt(r['loss_cam'])})  accuracy {r['accuracy']:.4f}  dist {fmt(r['dist'])}  "
-                      f"ssim {fmt(r['ssim'])}  {r['seconds']:.1f}s", highlight=False)
+        console.print(epoch_line(r), highlight=False)
 
     with progress_bar("train-reg") as update:
         result = train(config, progress=update, on_epoch=on_epoch)
-    if result.already_complete:
-        out.print(f"{result.out} is already complete ({result.epochs} epochs); pass --overwrite to train it again",
-                  soft_wrap=True, highlight=False)
-    for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
-    final = result.final
-    table = Table(title=f"{result.out}: {result.epochs} epochs, world size {result.world_size}")
-    for col in ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam"):
-        table.add_column(col, justify="right")
-    table.add_row(*(fmt(final.get(k), "g" if k == "lambda" else ".4f") for k in
-                    ("lambda", "accuracy", "dist", "ssim", "loss_cls", "loss_cam")))
-    out.print(table)
+    show(render_train(result.out, result.epochs, result.world_size, result.final, result.notes,
+                      result.already_complete), json_path)
     write_json(json_path, result.to_dict())
 
 
@@ -312,8 +341,7 @@ def compare(
     else:
         d = compare_runs(arm_a, arm_b, names=names.split(",") if names else None, means=means).to_dict()
         items = render(d)
-    for item in items:
-        out.print(item, highlight=False, soft_wrap=isinstance(item, str))
+    show(items, json_path)
     write_json(json_path, d)
 
 
@@ -379,40 +407,39 @@ def sweep(
 @app.command()
 def consistency(
     store: Path = typer.Argument(..., help="A complete camstat store."),
-    by: str = typer.Option("correct", "--by", help="correct (H1 tests per class and pooled), class (group-level consistency per class) or cluster (k-means composition clusters; H1 tests within clusters)."),
+    by: ByOpt = By.correct,
     method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
-    target: str = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies): dist, ssim, iou, corr, com, entropy, spread, pointing, energy (the last two need masks)."),
-    class_of: str = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (e.g. the train split); default: leave-one-out means of this store."),
-    correction: str = typer.Option("holm", "--correction", help="Multiplicity over classes x metrics: holm, fdr_bh or bonferroni."),
-    permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
-    min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
-    seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap, controls, k-means and pair samples."),
-    control: Optional[str] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
-    random_store: Optional[Path] = typer.Option(None, "--random-store", help="Store of the same architecture with randomised weights (extract without --checkpoint): Adebayo et al. sanity check."),
-    clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
-    pair_sample: int = typer.Option(500, "--pair-sample", help="At most this many maps per group for pairwise group-level metrics (seeded sample)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Analysis size in pixels (default: the store's input size)."),
-    q: float = typer.Option(0.2, "--q", help="Top fraction of pixels for the IoU masks."),
+    layer: LayerOpt = None,
+    target: TargetOpt = Target.pred,
+    metrics: MetricsOpt = None,
+    class_of: ClassOfOpt = ClassOf.pred,
+    reference: ReferenceOpt = None,
+    correction: CorrectionOpt = Correction.holm,
+    permutations: PermutationsOpt = 10000,
+    bootstrap: BootstrapOpt = 2000,
+    min_group: MinGroupOpt = 5,
+    seed: SeedOpt = 0,
+    control: Optional[Control] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
+    random_store: RandomStoreOpt = None,
+    clusters: ClustersOpt = 8,
+    pair_sample: PairSampleOpt = 500,
+    size: SizeOpt = None,
+    q: QOpt = 0.2,
     save: bool = typer.Option(True, "--save/--no-save", help="Write the per-image metrics and result under the store's derived/ group."),
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Consistency metrics and H1 tests: are correct predictions' maps closer to their class's mean map?"""
-    from camstat.consistency import analyze, render
+    from camstat.h1 import analyze
 
     with progress_bar("consistency") as update:
         result = analyze(
-            store, method=method, layer=layer, target=target, by=by, metrics=metrics, class_of=class_of,
-            reference=reference, size=size, q=q, correction=correction, permutations=permutations, n_boot=bootstrap,
-            min_group=min_group, seed=seed, control=control, random_store=random_store, clusters=clusters,
-            pair_sample=pair_sample, save=save, progress=update,
+            store, method=method, layer=layer, target=target.value, by=by.value, metrics=metrics,
+            class_of=class_of.value, reference=reference, size=size, q=q, correction=correction.value, permutations=permutations, n_boot=bootstrap,
+            min_group=min_group, seed=seed, control=None if control in (None, Control.none) else control.value,
+            random_store=random_store, clusters=clusters, pair_sample=pair_sample, save=save, progress=update,
         )
     d = result.to_dict()
-    for item in render(d):
-        out.print(item)
+    show(render_consistency(d), json_path)
     write_json(json_path, d)
 
 
@@ -421,20 +448,20 @@ def report(
     inputs: list[str] = typer.Argument(..., help="Stores (H1) and/or train-reg run directories (H2); arm B's runs after --vs."),
     out_dir: Path = typer.Option(..., "--out", help="Report folder, e.g. studies/NAME (report.md, report.tex, results.json, fig-*.png)."),
     method: Optional[str] = typer.Option(None, "--method", help="Comma list of CAM methods to analyse (default: every method in the store)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
-    target: str = typer.Option("pred", "--target", help="Explained class as extracted: pred or true."),
-    by: str = typer.Option("correct", "--by", help="correct, class or cluster (as for consistency)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list (default: every per-image metric that applies)."),
-    class_of: str = typer.Option("pred", "--class-of", help="Group images by predicted class (pred) or true label (label)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Store whose correct maps give the class means (default: leave-one-out)."),
-    correction: str = typer.Option("holm", "--correction", help="holm, fdr_bh or bonferroni."),
-    permutations: int = typer.Option(10000, "--permutations", help="Permutations of the stratified test (seeded)."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the CIs (seeded)."),
-    min_group: int = typer.Option(5, "--min-group", help="Skip (and report) classes with fewer correct or incorrect images."),
-    seed: int = typer.Option(0, "--seed", help="Seeds permutations, bootstrap and controls."),
-    control: str = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
-    random_store: Optional[Path] = typer.Option(None, "--random-store", help="Randomised-weights store of the same architecture and images (Adebayo et al. control); used for every store it matches."),
-    clusters: int = typer.Option(8, "--clusters", help="k of k-means for --by cluster."),
+    layer: LayerOpt = None,
+    target: TargetOpt = Target.pred,
+    by: ByOpt = By.correct,
+    metrics: MetricsOpt = None,
+    class_of: ClassOfOpt = ClassOf.pred,
+    reference: ReferenceOpt = None,
+    correction: CorrectionOpt = Correction.holm,
+    permutations: PermutationsOpt = 10000,
+    bootstrap: BootstrapOpt = 2000,
+    min_group: MinGroupOpt = 5,
+    seed: SeedOpt = 0,
+    control: Control = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
+    random_store: RandomStoreOpt = None,
+    clusters: ClustersOpt = 8,
     means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
     names: Optional[str] = typer.Option(None, "--names", help="compare: arm names A,B (default: from lambda and loss)."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Metric the galleries sort by (default: dist)."),
@@ -443,7 +470,7 @@ def report(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Significance report: report.md, report.tex (booktabs), results.json and PNG figures."""
-    from camstat.report import report as make_report
+    from camstat.present.report import report as make_report
 
     first, vs_runs = split_vs(inputs, "report")
     if vs_runs is not None and not vs_runs:
@@ -453,15 +480,15 @@ def report(
         console.print(f"{message} ...", highlight=False)
 
     result = make_report(
-        first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target, by=by, metrics=metrics,
-        class_of=class_of, reference=reference, correction=correction, permutations=permutations, n_boot=bootstrap,
-        min_group=min_group, seed=seed, control=control, random_store=random_store, clusters=clusters,
+        first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target.value, by=by.value,
+        metrics=metrics, class_of=class_of.value, reference=reference, correction=correction.value, permutations=permutations, n_boot=bootstrap,
+        min_group=min_group, seed=seed, control=control.value, random_store=random_store, clusters=clusters,
         names=names.split(",") if names else None, means=means, primary=primary, gallery=gallery, title=title,
         progress=say,
     )
     for line in result.summary:
-        out.print(f"- {line}", highlight=False, soft_wrap=True)
-    out.print(f"report: {result.report_md} ({len(result.figures)} figures, {result.seconds:.0f} s)", highlight=False,
+        human(json_path).print(f"- {line}", highlight=False, soft_wrap=True)
+    human(json_path).print(f"report: {result.report_md} ({len(result.figures)} figures, {result.seconds:.0f} s)", highlight=False,
               soft_wrap=True)
     write_json(json_path, result.to_dict())
 
@@ -481,9 +508,9 @@ def demo(
         console.print(message, highlight=False)
 
     result = run_demo(out_dir, fast=fast, work=work, device=device, progress=say)
-    out.print(f"report: {result.report} (demo took {result.seconds:.0f} s)", highlight=False, soft_wrap=True)
+    human(json_path).print(f"report: {result.report} (demo took {result.seconds:.0f} s)", highlight=False, soft_wrap=True)
     for line in result.summary:
-        out.print(f"- {line}", highlight=False, soft_wrap=True)
+        human(json_path).print(f"- {line}", highlight=False, soft_wrap=True)
     write_json(json_path, result.to_dict())
 
 

@@ -15,7 +15,7 @@ to the wrong place", which is what H1 is about. The steps, with fixed seeds:
    per-class means of correctly classified images are the H2 targets;
 4. train a regularised model (``L = L_cls + lambda * L_cam`` towards those
    means), same seed, same data order;
-5. :func:`camstat.report.report`: the H1 analysis of the baseline's test
+5. :func:`camstat.present.report.report`: the H1 analysis of the baseline's test
    store for both methods with the permuted-label and random-weights
    controls, learning curves and the comparison regularised vs baseline.
 
@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from camstat.report import fmt_fixed, fmt_sig, oriented_auc, p_phrase
+from camstat.metrics import oriented_auc
+from camstat.present.text import fmt_fixed, fmt_sig, p_phrase
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def demo(
 ) -> DemoResult:
     """Run the demo; returns where the report is and a three-line summary."""
     from camstat.extract import extract
-    from camstat.report import report
+    from camstat.present.report import report
     from camstat.training.config import TrainConfig
     from camstat.training.train import train
 

@@ -70,6 +70,7 @@ def extract(
     checkpoint: str | None = None,
     num_classes: int | None = None,
     trust_checkpoint: bool = False,
+    checkpoint_prefix: str | None = None,
     methods: str | Sequence[str] = "gradcam,gradcam++",
     layer: str = "auto",
     target: str = "pred",
@@ -103,13 +104,58 @@ def extract(
     if batch_size < 1 or chunk < 1:
         raise CamstatError("--batch-size and --chunk must be at least 1")
     dev = resolve_device(device)
+    loaded, dataset = _model_and_data(model, data, split, checkpoint=checkpoint, num_classes=num_classes,
+                                      trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix, size=size,
+                                      normalize=normalize, limit=limit, on_bad_image=on_bad_image, seed=seed,
+                                      intensity=intensity)
+    net = loaded.module.eval().requires_grad_(False).to(dev)
+    # one traced forward names the layers and gives their grid shapes (token and channels-last outputs read as grids)
+    layer_maps = models.resolve_layer_maps(net, layer, dataset.size)
+    layers = [info.name for info in layer_maps]
+    attrs = {
+        "model": model, "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint_sha256": loaded.checkpoint_sha256, "num_classes": loaded.num_classes, "data": data,
+        "split": split, "limit": limit, "classes": list(dataset.classes), "input_size": list(dataset.size),
+        "normalize": [list(dataset.normalize[0]), list(dataset.normalize[1])],
+        "intensity": dataset.intensity, "decoding": describe_intensity(dataset.intensity),  # camstat.decoding's rule
+        "methods": method_list, "layers": layers,
+        "layer_shapes": {info.name: list(info.out_shape[1:]) for info in layer_maps}, "targets": target_list,
+        "n": len(dataset), "chunk": chunk, "seed": seed, "bad_images": list(dataset.bad_images), "created": now(),
+        "command": command_line(), "versions": versions(), "device": str(dev),
+    }
+    mask_shape = tuple(dataset.size) if dataset.has_masks else None
+    chunks = chunk_range(len(dataset), chunk, shard_kn)
+    start = time.perf_counter()
+    with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
+                     chunks=chunks) as writer:
+        with CamEngine(net, layers, method_list, seed=seed) as engine:
+            processed = _fill(writer, engine, dataset, dev, target_list, batch_size=batch_size, workers=workers,
+                              chunk=chunk, progress=progress)
+    seconds = time.perf_counter() - start
+    from camstat.store import Store
+
+    samples = Store(store).samples
+    done = samples["done"]
+    accuracy = float(samples["correct"][done].mean()) if done.any() else float("nan")
+    return ExtractResult(
+        n=len(dataset), accuracy=accuracy, methods=method_list, layers=layers, seconds=seconds,
+        images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
+        processed=processed, complete=bool(done.all()), owned_chunks=len(chunks),
+    )
+
+
+def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None, num_classes: int | None,
+                    trust_checkpoint: bool, checkpoint_prefix: str | None, size: int | None,
+                    normalize: str | None, limit: int | None, on_bad_image: str, seed: int, intensity: str):
+    """(loaded model, dataset): the checkpoint's metadata decides size and normalisation; without one, the
+    data decides the number of classes."""
 
     def build(n_classes):
         # Seeded so that a model without checkpoint (the randomised-weights control) is reproducible.
         torch.manual_seed(seed)
-        return models.load_model(model, num_classes=n_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
+        return models.load_model(model, num_classes=n_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
+                                 checkpoint_prefix=checkpoint_prefix)
 
-    # The checkpoint's metadata decides size and normalisation; without one, the data decides the classes.
     loaded = build(num_classes) if checkpoint is not None or num_classes is not None else None
     meta = loaded.meta if loaded else {}
     if size is None and meta.get("size"):
@@ -124,70 +170,30 @@ def extract(
             f"model has {loaded.num_classes} outputs but data {data!r} has {len(dataset.classes)} classes;"
             " pass the right --num-classes or checkpoint"
         )
-    net = loaded.module.eval().requires_grad_(False).to(dev)
-    layers = models.resolve_layers(net, layer, dataset.size)
-    shapes = layer_shapes(net, layers, dataset[0][0].to(dev))
+    return loaded, dataset
 
-    attrs = {
-        "model": model,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "checkpoint_sha256": loaded.checkpoint_sha256,
-        "num_classes": loaded.num_classes,
-        "data": data,
-        "split": split,
-        "limit": limit,
-        "classes": list(dataset.classes),
-        "input_size": list(dataset.size),
-        "normalize": [list(dataset.normalize[0]), list(dataset.normalize[1])],
-        "intensity": dataset.intensity, "decoding": describe_intensity(dataset.intensity),  # camstat.decoding's rule
-        "methods": method_list,
-        "layers": layers,
-        "layer_shapes": shapes,
-        "targets": target_list,
-        "n": len(dataset),
-        "chunk": chunk,
-        "seed": seed,
-        "bad_images": list(dataset.bad_images),
-        "created": now(),
-        "command": command_line(),
-        "versions": versions(),
-        "device": str(dev),
-    }
-    mask_shape = tuple(dataset.size) if dataset.has_masks else None
-    chunks = chunk_range(len(dataset), chunk, shard_kn)
-    start = time.perf_counter()
+
+def _fill(writer: StoreWriter, engine: CamEngine, dataset, dev, targets: list[str], *, batch_size: int,
+          workers: int, chunk: int, progress: Callable[[int, int], None] | None) -> int:
+    """Run the pending chunks batch by batch, writing each chunk when complete; the number of images run."""
+    pending = writer.pending()
+    total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
+    batches = [list(range(s, min(s + batch_size, sl.stop)))
+               for sl in map(writer.chunk_slice, pending) for s in range(sl.start, sl.stop, batch_size)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
     processed = 0
-    with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
-                     chunks=chunks) as writer:
-        pending = writer.pending()
-        total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
-        batches = [list(range(s, min(s + batch_size, sl.stop)))
-                   for sl in map(writer.chunk_slice, pending) for s in range(sl.start, sl.stop, batch_size)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
-        with CamEngine(net, layers, method_list) as engine:
-            parts: list = []
-            for images, labels, idx in loader:
-                out = engine(images.to(dev), labels.to(dev), target_list)
-                parts.append((idx.numpy(), labels.numpy(), out))
-                processed += len(idx)
-                if progress:
-                    progress(processed, total)
-                k = int(idx[0]) // chunk
-                if int(idx[-1]) + 1 == writer.chunk_slice(k).stop:
-                    _write_chunk(writer, k, parts, dataset)
-                    parts = []
-    seconds = time.perf_counter() - start
-    from camstat.store import Store
-
-    result_store = Store(store)
-    samples = result_store.samples
-    done = samples["done"]
-    accuracy = float(samples["correct"][done].mean()) if done.any() else float("nan")
-    return ExtractResult(
-        n=len(dataset), accuracy=accuracy, methods=method_list, layers=layers, seconds=seconds,
-        images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
-        processed=processed, complete=bool(done.all()), owned_chunks=len(chunks),
-    )
+    parts: list = []
+    for images, labels, idx in loader:
+        out = engine(images.to(dev), labels.to(dev), targets)
+        parts.append((idx.numpy(), labels.numpy(), out))
+        processed += len(idx)
+        if progress:
+            progress(processed, total)
+        k = int(idx[0]) // chunk
+        if int(idx[-1]) + 1 == writer.chunk_slice(k).stop:
+            _write_chunk(writer, k, parts, dataset)
+            parts = []
+    return processed
 
 
 def _write_chunk(writer: StoreWriter, k: int, parts: list, dataset) -> None:

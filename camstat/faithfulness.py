@@ -162,13 +162,8 @@ def store_model(store: Store, checkpoint: str | Path | None = None) -> torch.nn.
 
 
 def store_images(store: Store):
-    """The store's dataset, rebuilt from its attributes (the one rebuild the figures use too)."""
-    from camstat.figures import load_images
-
-    dataset, reason = load_images(store)
-    if dataset is None:
-        raise CamstatError(f"{reason.split(';')[0]}: faithfulness reruns the model on the store's own images")
-    return dataset
+    """The store's dataset, rebuilt from its provenance (:meth:`camstat.store.Store.dataset`)."""
+    return store.dataset()
 
 
 def _seed(seed: int, index: int, name: str) -> np.random.SeedSequence:
@@ -353,7 +348,7 @@ def _prepare(s: Store, methods, layer, limit, percentiles, road_noise, seed, dev
     """Checked options, the store's model and images, the class means and the images to score."""
     from camstat.data import stratified_order
     from camstat.devices import resolve_device
-    from camstat.figures import class_means
+    from camstat.references import group_means
 
     s.require_complete()
     method_list = ([m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str)
@@ -369,7 +364,7 @@ def _prepare(s: Store, methods, layer, limit, percentiles, road_noise, seed, dev
         stratified_order(samples["label"], seed)[:limit])
     net = store_model(s, checkpoint).to(resolve_device(device))
     dataset = store_images(s)
-    means = {m: class_means(s, m, layer, "pred", samples["pred"], samples["correct"].astype(bool),
+    means = {m: group_means(s.iter_maps(m, layer, "pred"), samples["pred"], samples["correct"].astype(bool),
                             len(s.classes))[0] for m in method_list}
     params = {"methods": method_list, "layer": layer, "limit": limit, "percentiles": pct,
               "road_noise": float(road_noise), "seed": seed, "checkpoint_sha256": s.attrs.get("checkpoint_sha256")}

@@ -26,8 +26,8 @@ normally leave-one-out -- see :func:`loo_references`):
 :data:`PER_IMAGE` describes each of them (reference needed, direction,
 function); :func:`per_image_metrics` computes any subset in one call.
 
-Degenerate maps never give NaN. The conventions, chosen so that a map
-without structure gets the value of a *uniform* map wherever that is
+Degenerate maps give NaN only for ``iou``. The conventions, chosen so that
+a map without structure gets the value of a *uniform* map wherever that is
 defined:
 
 * all-zero map: treated as uniform by ``entropy`` (1.0), ``spread``
@@ -35,12 +35,14 @@ defined:
   ``energy`` (the mask's area fraction);
 * constant map (any value): ``corr`` is 0.0 (no linear association can be
   measured); ``pointing`` is 0.0 (a map without a unique peak points
-  nowhere); ``iou`` uses the deterministic tie rule (raster order) below;
+  nowhere); ``iou`` is NaN (a constant map has no top-q region; taking its
+  first pixels in raster order would be an artefact), so callers count
+  and drop it like an undefined reference;
   ``ssim`` is defined by its stabilising constants (two equal constant
   maps give 1, as skimage);
-* the only NaN produced is for an *undefined reference* (a class with no
-  other correctly classified image, :func:`loo_references`); callers drop
-  those rows.
+* apart from ``iou`` of constant maps, the only NaN produced is for an
+  *undefined reference* (a class with no other correctly classified image,
+  :func:`loo_references`); callers drop those rows.
 
 References
 ----------
@@ -386,9 +388,12 @@ def _k_of(q: float, hw: int) -> int:
 def top_q_masks(maps: Any, q: float = DEFAULT_Q) -> np.ndarray:
     """Boolean masks of the ``k = round(q * H * W)`` (at least 1) highest pixels.
 
-    Exactly ``k`` pixels per map: ties are broken deterministically by
-    raster order (row-major, the lower flat index wins) via a stable sort, so
-    a constant map selects its first ``k`` pixels.
+    Exactly ``k`` pixels per map: ties at the threshold are broken
+    deterministically by raster order (row-major, the lower flat index
+    wins), as a stable sort of ``-maps`` would, so a constant map selects its
+    first ``k`` pixels (:func:`iou` leaves such maps out). O(H W) per map:
+    the threshold is the k-th largest value (``np.partition``), then the
+    tied pixels are taken in raster order.
 
     Returns
     -------
@@ -399,11 +404,18 @@ def top_q_masks(maps: Any, q: float = DEFAULT_Q) -> np.ndarray:
     n, h, w = x.shape
     f = x.reshape(n, -1)
     k = _k_of(q, h * w)
-    # stable ascending sort of -x = descending x with ties in raster order
-    idx = np.argsort(-f, axis=1, kind="stable")[:, :k]
-    out = np.zeros(f.shape, dtype=bool)
-    np.put_along_axis(out, idx, True, axis=1)
+    thr = -np.partition(-f, k - 1, axis=1)[:, k - 1 : k]
+    above = f > thr
+    tied = f == thr
+    need = k - np.count_nonzero(above, axis=1)
+    out = above | (tied & (np.cumsum(tied, axis=1) <= need[:, None]))
     return out.reshape(n, h, w)
+
+
+def _constant(x: np.ndarray) -> np.ndarray:
+    """(N,) bool: maps whose pixels are all equal (no top-q region exists)."""
+    f = x.reshape(x.shape[0], -1)
+    return (f == f[:, :1]).all(axis=1)
 
 
 def iou(maps: Any, ref: Any, q: float = DEFAULT_Q) -> np.ndarray:
@@ -414,6 +426,10 @@ def iou(maps: Any, ref: Any, q: float = DEFAULT_Q) -> np.ndarray:
     order). Both masks have ``k >= 1`` pixels, so the union is never empty
     and the value is in [0, 1]; disjoint masks give 0, equal masks 1.
     Higher is more consistent.
+
+    A constant map or reference has no top-q region (every pixel ties): its
+    IoU is **NaN**, so that callers count and leave it out, rather than the
+    IoU of its first k pixels in raster order, an artefact of the tie rule.
     """
     x = _maps(maps)
     r = _ref(ref, x)
@@ -421,18 +437,22 @@ def iou(maps: Any, ref: Any, q: float = DEFAULT_Q) -> np.ndarray:
     mx = top_q_masks(x, q).reshape(x.shape[0], -1)
     if r.strides[0] == 0:
         mr = np.broadcast_to(top_q_masks(r[:1], q).reshape(1, -1), mx.shape)
+        flat = np.broadcast_to(_constant(r[:1]), (x.shape[0],))
     else:
         mr = top_q_masks(r, q).reshape(x.shape[0], -1)
+        flat = _constant(r)
     k = _k_of(q, mx.shape[1])
     inter = np.count_nonzero(mx & mr, axis=1).astype(np.float64)
-    return inter / (2 * k - inter)
+    out = inter / (2 * k - inter)
+    out[flat | _constant(x)] = np.nan
+    return out
 
 
 def pairwise_iou(maps: Any, q: float = DEFAULT_Q) -> np.ndarray:
     """Top-q IoU of every pair of maps, (N, N), symmetric with diagonal 1.
 
-    Same definition as :func:`iou`; the intersections of all pairs are one
-    matrix product of the masks.
+    Same definition as :func:`iou` (rows and columns of constant maps are
+    NaN); the intersections of all pairs are one matrix product of the masks.
     """
     x = _maps(maps)
     q = _check_q(q)
@@ -443,6 +463,9 @@ def pairwise_iou(maps: Any, q: float = DEFAULT_Q) -> np.ndarray:
     inter = (m @ m.T).astype(np.float64)
     out = inter / (2 * k - inter)
     np.fill_diagonal(out, 1.0)
+    flat = _constant(x)
+    out[flat, :] = np.nan
+    out[:, flat] = np.nan
     return out
 
 
@@ -769,6 +792,54 @@ class MetricInfo:
     description: str
     compute: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, float], np.ndarray]
 
+    @property
+    def family(self) -> str:
+        """``consistency``, ``concentration`` or ``localisation`` (SPEC 3's families)."""
+        return self.kind
+
+    @property
+    def label(self) -> str:
+        """What a better value means, in words: ``more consistent``, ``more concentrated``, ``better localised``."""
+        return FAMILY_LABELS[self.kind]
+
+    def oriented(self, auc: Any, ci: Any = None) -> tuple[Any, list]:
+        """This metric's AUC for correctness, oriented so that > 0.5 means better maps predict correctness."""
+        return oriented_auc(auc, ci, self.higher_is_more_consistent)
+
+
+FAMILY_LABELS = {"consistency": "more consistent", "concentration": "more concentrated",
+                 "localisation": "better localised"}
+
+
+def oriented_auc(auc: Any, ci: Any, higher: bool | None) -> tuple[Any, list]:
+    """The AUC of *consistency* for correctness: ``auc``, or ``1 - auc`` (CI flipped) where lower is better.
+
+    The one place where a metric's orientation turns its AUC around; a
+    missing or non-finite value stays None. ``higher`` None (no direction)
+    leaves the AUC as it is.
+    """
+    ci = list(ci) if ci else [None, None]
+    if higher is None or higher:
+        return auc, ci
+
+    def flip(v: Any) -> Any:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return 1.0 - v if ok else None
+
+    return flip(auc), [flip(ci[1]), flip(ci[0])]
+
+
+def orientation(name: str) -> bool | None:
+    """Higher-is-more-consistent of a metric of :data:`PER_IMAGE` (None for an unknown name)."""
+    info = PER_IMAGE.get(name)
+    return None if info is None else bool(info.higher_is_more_consistent)
+
+
+def family(name: str) -> str:
+    """The family of a metric of :data:`PER_IMAGE` (``consistency`` for an unknown name)."""
+    info = PER_IMAGE.get(name)
+    return "consistency" if info is None else info.kind
+
 
 def _pointing_hit(maps: np.ndarray, refs: Any, masks: Any, q: float) -> np.ndarray:
     return pointing(maps, masks)[0]
@@ -1050,7 +1121,7 @@ def group_consistency(
     * ``mean_pairwise_ssim``: mean SSIM over all pairs i < j
       (:func:`pairwise_ssim`);
     * ``mean_pairwise_iou``: mean top-q IoU over all pairs i < j
-      (:func:`pairwise_iou`);
+      (:func:`pairwise_iou`), pairs with a constant map left out;
     * ``com_dispersion``: mean Euclidean distance of the maps' centres of
       mass (:func:`com`, fractions) to their mean;
     * ``mean_dist_to_mean``: mean :func:`dist` of the maps to the group's
@@ -1087,7 +1158,9 @@ def group_consistency(
     if m >= 2:
         iu = np.triu_indices(m, 1)
         pw_ssim = float(pairwise_ssim(xs)[iu].mean())
-        pw_iou = float(pairwise_iou(xs, q)[iu].mean())
+        pairs = pairwise_iou(xs, q)[iu]
+        pairs = pairs[~np.isnan(pairs)]  # pairs with a constant map are left out (see iou)
+        pw_iou = float(pairs.mean()) if pairs.size else math.nan
     else:
         pw_ssim = pw_iou = math.nan
     c = com(x)

@@ -15,7 +15,14 @@ Model specs (SPEC 2.1):
   carry Python hooks, so they predict but cannot be CAM targets).
 
 Nothing is ever downloaded: every architecture is built with random weights,
-and weights come only from ``--checkpoint``.
+and weights come only from ``--checkpoint``; its keys are matched to the
+model through wrapper prefixes (``module.``, ``_orig_mod.``) and sub-module
+prefixes (Lightning's ``model.``, ``net.``) or ``--checkpoint-prefix``.
+
+Target layers come from one traced forward (:class:`LayerTrace`): a layer
+qualifies when its output reads as an image grid larger than 1x1
+(:mod:`camstat.grids`: CNN maps, channels-last stages, ViT tokens) that the
+class scores depend on.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import os
 import pickle
 import re
 import sys
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +48,7 @@ from torch import nn
 
 from camstat.atomic import atomic_write
 from camstat.errors import CamstatError
+from camstat.grids import GridLayout, declared_prefix_tokens, grid_layout, to_grid
 from camstat.provenance import sha256_file
 
 MODEL_FORMS = (
@@ -48,7 +56,10 @@ MODEL_FORMS = (
     "path/to/file.py:factory, package.module:factory, torchscript:PATH"
 )
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
-STRIPPED_PREFIXES = ("module.", "model.")
+# DataParallel/DDP and torch.compile wrap a whole model: their prefix is on every key
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# how deep to look for a sub-module prefix such as Lightning's "model." or "net.backbone."
+MAX_PREFIX_DEPTH = 3
 MAX_NAMED_KEYS = 5
 
 
@@ -376,17 +387,80 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict:
     )
 
 
-def _strip_prefixes(state: dict) -> dict:
-    """Strip DataParallel's ``module.`` and Lightning's ``model.`` -- only when
-    every key carries the prefix, so a genuine submodule named ``model`` survives."""
+def _strip_wrappers(state: dict) -> dict:
+    """Strip ``module.`` and ``_orig_mod.`` -- only when every key carries the
+    prefix, so a genuine submodule of that name survives."""
     changed = True
-    while changed:
+    while changed and state:
         changed = False
-        for prefix in STRIPPED_PREFIXES:
+        for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
+
+
+def _under(state: dict, prefix: str) -> dict:
+    """The entries under ``prefix``, with it (and any wrapper prefix after it) stripped."""
+    return _strip_wrappers({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
+def _sub_prefixes(state: dict) -> list[str]:
+    """``model.``, ``net.``, ``model.net.``...: the dotted heads of the keys, shortest first."""
+    found: dict[str, None] = {}
+    for key in state:
+        parts = key.split(".")
+        for depth in range(1, min(MAX_PREFIX_DEPTH, len(parts) - 1) + 1):
+            found.setdefault(".".join(parts[:depth]) + ".")
+    return sorted(found, key=lambda p: (p.count("."), p))
+
+
+def _normal_prefix(prefix: str) -> str:
+    return prefix if prefix == "" or prefix.endswith(".") else prefix + "."
+
+
+def fit_prefix(state: dict, model_keys: set[str], prefix: str | None = None) -> dict:
+    """The checkpoint entries that belong to the model.
+
+    ``prefix`` (``--checkpoint-prefix``) names them explicitly: the keys under
+    it, stripped; everything else (a loss's ``criterion.weight``...) is left
+    out. Without it the keys are taken as they are if they fit, else with
+    ``module.``/``_orig_mod.`` stripped, else the sub-module prefix whose keys
+    fit the model exactly (Lightning's ``model.``, ``net.``; two such prefixes
+    are refused as ambiguous); failing all that, unchanged, for
+    :func:`load_state_strict` to report.
+    """
+    if prefix is not None:
+        prefix = _normal_prefix(prefix)
+        chosen = _under(state, prefix)
+        if not chosen:
+            raise CamstatError(
+                f"no checkpoint key starts with {prefix!r}; prefixes there: {', '.join(_sub_prefixes(state)[:8])}"
+                " (pass one with --checkpoint-prefix, or '' for none)"
+            )
+        return chosen
+    if set(state) == model_keys:
+        return state
+    stripped = _strip_wrappers(state)
+    if set(stripped) == model_keys:
+        return stripped
+    fits = [head for head in _sub_prefixes(stripped) if set(_under(stripped, head)) == model_keys]
+    if len(fits) > 1:  # e.g. the model and its EMA copy: which one is the user's call
+        raise CamstatError(
+            f"the checkpoint holds this model's weights under several prefixes ({', '.join(fits)}); "
+            "choose one with --checkpoint-prefix"
+        )
+    return _under(stripped, fits[0]) if fits else stripped
+
+
+def likely_prefix(state: dict, model_keys: set[str]) -> str | None:
+    """The sub-module prefix whose keys overlap the model's most, if it beats no prefix."""
+    best, overlap = None, len(set(state) & model_keys)
+    for head in _sub_prefixes(state):
+        hits = len(set(_under(state, head)) & model_keys)
+        if hits > overlap:
+            best, overlap = head, hits
+    return best
 
 
 def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> tuple[dict, dict]:
@@ -405,7 +479,7 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> tuple[dict,
         state = _unwrap_state_dict(obj, path)
         meta = obj.get("camstat", {}) if isinstance(obj, dict) else {}
         meta = meta if isinstance(meta, dict) else {}
-    return _strip_prefixes(dict(state)), dict(meta)
+    return _strip_wrappers(dict(state)), dict(meta)
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -488,8 +562,11 @@ def _shape_mismatches(module: nn.Module, state: dict) -> list[str]:
 
 def load_state_strict(module: nn.Module, state: dict, spec: str) -> None:
     """Load ``state`` into ``module``; any missing, unexpected or misshapen key
-    is a one-line CamstatError naming them."""
+    is a one-line CamstatError naming them (and the likely --checkpoint-prefix)."""
     hint = f"check --model ({spec}) and --num-classes"
+    head = likely_prefix(state, set(module.state_dict()))
+    if head is not None:
+        hint = f"the keys under {head!r} fit this model best: pass --checkpoint-prefix {head.rstrip('.')}, or {hint}"
     wrong = _shape_mismatches(module, state)
     if wrong:
         raise CamstatError(
@@ -510,8 +587,12 @@ def load_model(
     num_classes: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    checkpoint_prefix: str | None = None,
 ) -> LoadedModel:
     """Build ``spec`` and load ``checkpoint`` into it (strictly), on CPU in eval mode.
+
+    The checkpoint's keys are matched to the model by :func:`fit_prefix`;
+    ``checkpoint_prefix`` names the sub-module prefix explicitly.
 
     ``spec=None`` takes the model spec from the checkpoint's camstat metadata.
     ``num_classes`` falls back to the metadata, then to the checkpoint's head;
@@ -520,6 +601,8 @@ def load_model(
     state, meta, digest = None, {}, None
     if checkpoint is not None:
         state, meta = load_checkpoint(checkpoint, trust=trust_checkpoint)
+        if checkpoint_prefix is not None:
+            state = fit_prefix(state, set(), checkpoint_prefix)
         digest = sha256_file(Path(checkpoint).expanduser())
     spec = spec or meta.get("model")
     if not spec:
@@ -533,6 +616,8 @@ def load_model(
         raise CamstatError(f"number of classes unknown for {spec}; pass --num-classes N")
     module = build_model(spec, num_classes)
     if state is not None:
+        if checkpoint_prefix is None:
+            state = fit_prefix(state, set(module.state_dict()))
         load_state_strict(module, state, spec)
     module = module.to("cpu").eval()
     if num_classes is None:
@@ -553,9 +638,25 @@ def load_model(
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """A layer whose output reads as an image grid: ``out_shape`` is (C, h, w) of one
+    image after :func:`camstat.grids.to_grid` with ``layout``."""
+
     name: str
     type: str
-    out_shape: tuple[int, ...]  # (C, H, W) of one image
+    out_shape: tuple[int, ...]
+    layout: GridLayout
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One module call of the traced forward (outputs themselves are not kept)."""
+
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...]  # per image, batch dimension removed
+    layout: GridLayout | None
+    reads_image: bool  # its input is the image itself (stem, patch embedding)
+    informative: bool = True  # the class scores' gradient reaches its grid
 
 
 _POOLING = (
@@ -574,25 +675,53 @@ def _reject_torchscript(module: nn.Module) -> None:
         )
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def _dummy_input(module: nn.Module, input_size: tuple[int, int], channels: int) -> torch.Tensor:
     tensor = next(module.parameters(), None)
     if tensor is None:
         tensor = next(module.buffers(), None)
-    return torch.device("cpu") if tensor is None else tensor.device
+    device = torch.device("cpu") if tensor is None else tensor.device
+    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
+    # random, not zeros: a zero image leaves ReLU networks without any gradient
+    dummy = torch.randn(1, channels, *input_size, generator=torch.Generator().manual_seed(0))
+    return dummy.to(device=device, dtype=dtype).requires_grad_(True)
 
 
-def _trace_feature_maps(
-    module: nn.Module, input_size: tuple[int, int], channels: int
-) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-    """Every call of a submodule returning a 4-D tensor, in order of completion
-    (a container completes after its children), from one dummy forward."""
+def _mark_informative(calls: list[_Call], outputs: list[torch.Tensor], scores: Any) -> list[_Call]:
+    """Flag the grids that the gradient of ``scores`` never reaches: in a ViT only
+    the class token is read after the last block, so its patch tokens get no
+    gradient there and every gradient CAM would be zero."""
+    wanted = [i for i, c in enumerate(calls) if c.layout is not None and outputs[i].requires_grad]
+    if not (isinstance(scores, torch.Tensor) and scores.is_floating_point() and scores.requires_grad and wanted):
+        return calls
+    # random directions: a plain sum could cancel
+    directions = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1)).to(scores)
+    grads = torch.autograd.grad(scores, [outputs[i] for i in wanted], directions, allow_unused=True)
+    reached = {i: g is not None and bool(to_grid(g, calls[i].layout).ne(0).any()) for i, g in zip(wanted, grads)}
+    return [replace(c, informative=reached.get(i, True)) for i, c in enumerate(calls)]
+
+
+def _trace(module: nn.Module, input_size: tuple[int, int], channels: int) -> list[_Call]:
+    """Every submodule call returning a tensor, in order of completion (a container
+    completes after its children), with its grid reading: ONE forward and one
+    backward of a seeded random image. The backward starts at the input of the
+    last leaf called (the head's features), so that a zero-initialised head
+    (torchvision's ViTs) cannot hide which layers the scores depend on."""
     _reject_torchscript(module)
-    calls: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    dummy = _dummy_input(module, input_size, channels)
+    prefix = declared_prefix_tokens(module)
+    calls: list[_Call] = []
+    outputs: list[torch.Tensor] = []
+    head_input: list[Any] = [None]
 
     def recorder(name: str):
-        def hook(mod: nn.Module, _inputs, output) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4:
-                calls.append((name, mod, tuple(output.shape[1:])))
+        def hook(mod: nn.Module, inputs, output) -> None:
+            if not any(True for _ in mod.children()):
+                head_input[0] = inputs[0] if inputs else None
+            if isinstance(output, torch.Tensor) and output.ndim >= 2:
+                shape = tuple(output.shape[1:])
+                reads_image = any(x is dummy for x in inputs)
+                calls.append(_Call(name, mod, shape, grid_layout(shape, input_size, prefix), reads_image))
+                outputs.append(output)
 
         return hook
 
@@ -600,9 +729,9 @@ def _trace_feature_maps(
     was_training = module.training
     try:
         module.eval()
-        dummy = torch.zeros(1, channels, *input_size, device=_device_of(module))
-        with torch.no_grad():
-            module(dummy)
+        with torch.enable_grad():
+            result = module(dummy)
+            return _mark_informative(calls, outputs, head_input[0] if head_input[0] is not None else result)
     except Exception as exc:
         raise CamstatError(
             f"the model fails on a {channels}x{input_size[0]}x{input_size[1]} input "
@@ -612,69 +741,155 @@ def _trace_feature_maps(
         for handle in handles:
             handle.remove()
         module.train(was_training)
-    return calls
+
+
+def _is_attention(module: nn.Module) -> bool:
+    kind = type(module).__name__.lower()
+    return "attention" in kind or "attn" in kind
+
+
+def _ancestors(name: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b", "a"]`` (the root, whose output is the logits, excluded)."""
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+
+
+def _beside(stage: str, name: str) -> bool:
+    """``name`` sits next to ``stage``, not inside a later block: its parent is the root or holds ``stage``."""
+    parent = name.rpartition(".")[0]
+    return parent == "" or stage.startswith(parent + ".")
+
+
+class LayerTrace:
+    """The layers of one model at one input size, from one traced forward:
+    which can be CAM targets, their grid shapes, and the ``auto`` choice."""
+
+    def __init__(self, module: nn.Module, input_size: tuple[int, int] = (32, 32), channels: int = 3):
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.modules = dict(module.named_modules())
+        calls = _trace(module, self.input_size, channels)
+        self.counts = Counter(c.name for c in calls)
+        self.first: dict[str, _Call] = {}
+        for call in calls:
+            self.first.setdefault(call.name, call)
+
+    def refusal(self, name: str) -> str | None:
+        """Why ``name`` cannot be a CAM target (a clause for an error message), or None."""
+        call = self.first.get(name)
+        h, w = self.input_size
+        if call is None:
+            return "gives no tensor (its output is not a tensor, or the forward never calls it)"
+        if self.counts[name] > 1:
+            return f"is called {self.counts[name]} times per forward (a shared module), so its map is ambiguous"
+        if call.layout is None and len(call.shape) < 2:
+            return f"gives no feature map (its output is a vector of {call.shape[0]} per image)"
+        if call.layout is None:
+            return (f"outputs {tuple(call.shape)} per image, which is not an image grid: none of (C,H,W), "
+                    f"channels-last (H,W,C) or transformer tokens (T,C) after the class/register tokens fits "
+                    f"the {h}x{w} input (attention internals never do)")
+        if call.layout.height * call.layout.width == 1:
+            return f"gives a 1x1 map at a {h}x{w} input: one value per image, so every CAM there is constant"
+        if not call.informative:
+            return ("gets no gradient from the class scores on its grid (in a transformer, after the last "
+                    "block only the class token is read), so every gradient CAM there is zero")
+        return None
+
+    def info(self, name: str) -> LayerInfo:
+        call = self.first[name]
+        return LayerInfo(name, type(call.module).__name__, call.layout.shape, call.layout)
+
+    def candidates(self) -> list[LayerInfo]:
+        """Layers that can be CAM targets, in forward order (of completion)."""
+        return [self.info(n) for n in self.first if self.refusal(n) is None]
+
+    def _inside_resampling(self, call: _Call) -> bool:
+        """An intermediate of a module that changes the grid: anything inside a
+        strided block (a BatchNorm in an inverted residual), a norm inside a
+        downsampling Sequential. Other members of a Sequential (a backbone's
+        stages, VGG's last ReLU before its pooling) are the main stream."""
+        norm = "norm" in type(call.module).__name__.lower()
+        grid = (call.layout.height, call.layout.width)
+        for parent in _ancestors(call.name):
+            outer = self.first.get(parent)
+            if outer is None or outer.layout is None:
+                continue
+            if (outer.layout.height, outer.layout.width) != grid and (
+                norm or not isinstance(outer.module, nn.Sequential)
+            ):
+                return True
+        return False
+
+    def _auto_eligible(self, name: str) -> bool:
+        call = self.first[name]
+        return (
+            self.refusal(name) is None
+            and not isinstance(call.module, _POOLING)
+            and not (call.reads_image and not any(True for _ in call.module.children()))
+            and not any(_is_attention(self.modules[n]) for n in [name, *_ancestors(name)])
+            and not self._inside_resampling(call)
+        )
+
+    def auto(self) -> LayerInfo:
+        """The last layer whose output is a spatial map of the image that the scores
+        depend on: ``layer4`` (ResNet), ``features`` (VGG, ConvNeXt, Swin), the last
+        block's first norm (ViT). Trailing leaves beside the last stage (a final
+        norm, a permute) give way to the stage itself."""
+        eligible = [n for n in self.first if self._auto_eligible(n)]
+        if not eligible:
+            raise CamstatError(
+                f"no layer gives a spatial map of the image at input size {self.input_size}; "
+                "pass a larger --size or name a layer with --layer"
+            )
+        choice = eligible[-1]
+        stages = [n for n in eligible if any(True for _ in self.modules[n].children())]
+        if stages:
+            stage = stages[-1]
+            grid = self.info(stage).out_shape[1:]
+            after = eligible[eligible.index(stage) + 1 :]
+            if all(self.info(n).out_shape[1:] == grid and _beside(stage, n) for n in after):
+                choice = stage
+        return self.info(choice)
+
+    def hint(self) -> str:
+        names = [info.name for info in self.candidates()[-8:]]
+        return (", ".join(names) or "none at this size") + " (all: camstat layers)"
+
+    def resolve(self, layer_spec: str) -> list[LayerInfo]:
+        """``auto`` or a comma list of module names -> the validated layers."""
+        text = (layer_spec or "").strip()
+        if text == "auto":
+            return [self.auto()]
+        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        if not names:
+            raise CamstatError("empty --layer; use auto or module names such as layer4")
+        unknown = [n for n in names if n not in self.modules or not n]
+        if unknown:
+            raise CamstatError(f"unknown layer {', '.join(unknown)}; candidates: {self.hint()}")
+        for name in names:
+            reason = self.refusal(name)
+            if reason:
+                raise CamstatError(f"layer {name} {reason}; pick another, e.g. {self.hint()}")
+        return [self.info(n) for n in names]
 
 
 def candidate_layers(
     module: nn.Module, input_size: tuple[int, int] = (32, 32), channels: int = 3
 ) -> list[LayerInfo]:
-    """Modules whose output is a 4-D feature map, in forward order (first call)."""
-    seen: dict[str, LayerInfo] = {}
-    for name, mod, shape in _trace_feature_maps(module, tuple(input_size), channels):
-        seen.setdefault(name, LayerInfo(name, type(mod).__name__, shape))
-    return list(seen.values())
+    """Layers whose output reads as an image grid larger than 1x1, in forward order."""
+    return LayerTrace(module, input_size, channels).candidates()
 
 
-def _auto_layer(module: nn.Module, input_size: tuple[int, int]) -> str:
-    """The last spatial (H*W > 1) feature map before global pooling. Because a
-    container completes after its children, the last such call is already the
-    coarsest container holding that output (``layer4``, ``features``...).
-    Pooling modules are passed over: VGG's adaptive 7x7 pool is not a stage."""
-    calls = _trace_feature_maps(module, tuple(input_size), 3)
-    spatial = [
-        name for name, mod, shape in calls if shape[1] * shape[2] > 1 and not isinstance(mod, _POOLING)
-    ]
-    if not spatial:
-        raise CamstatError(
-            f"no layer keeps a spatial map at input size {tuple(input_size)}; "
-            "pass a larger --size or name a layer with --layer"
-        )
-    return spatial[-1]
-
-
-def _layer_hint(module: nn.Module, input_size: tuple[int, int]) -> str:
-    names = [info.name for info in candidate_layers(module, input_size)[-8:]]
-    return ", ".join(names) + " (all: camstat layers)"
+def resolve_layer_maps(
+    module: nn.Module, layer_spec: str, input_size: tuple[int, int] = (32, 32), channels: int = 3
+) -> list[LayerInfo]:
+    """``auto`` or a comma list of module names -> the layers with their grid
+    shapes (C, h, w) and readings, from one traced forward at ``input_size``."""
+    return LayerTrace(module, input_size, channels).resolve(layer_spec)
 
 
 def resolve_layers(module: nn.Module, layer_spec: str, input_size: tuple[int, int] = (32, 32)) -> list[str]:
-    """``auto`` or a comma list of module names -> validated layer names.
-
-    ``auto`` is the last module before global pooling whose output is still
-    spatial (more than 1x1 at ``input_size``): ``layer4`` for torchvision
-    ResNets at 64 px and up, ``layer3`` for camstat:resnet20, ``features`` for
-    VGG/DenseNet/MobileNet/EfficientNet/ConvNeXt and camstat:smallcnn.
-    """
-    text = (layer_spec or "").strip()
-    if text == "auto":
-        return [_auto_layer(module, input_size)]
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise CamstatError("empty --layer; use auto or module names such as layer4")
-    known = dict(module.named_modules())
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise CamstatError(
-            f"unknown layer {', '.join(unknown)}; candidates: {_layer_hint(module, input_size)}"
-        )
-    maps = {info.name for info in candidate_layers(module, input_size)}
-    flat = [n for n in names if n not in maps]
-    if flat:
-        raise CamstatError(
-            f"layer {', '.join(flat)} gives no (N,C,H,W) feature map; "
-            f"candidates: {_layer_hint(module, input_size)}"
-        )
-    return names
+    """The names of :func:`resolve_layer_maps`."""
+    return [info.name for info in resolve_layer_maps(module, layer_spec, input_size)]
 
 
 def get_layer(module: nn.Module, name: str) -> nn.Module:

@@ -34,6 +34,19 @@ Hanley, J. A. & McNeil, B. J. (1982). The meaning and use of the area under
     a ROC curve. Radiology 143, 29-36.
 Phipson, B. & Smyth, G. K. (2010). Permutation p-values should never be
     zero. Stat. Appl. Genet. Mol. Biol. 9(1).
+Newcombe, R. G. (2006). Confidence intervals for an effect size measure
+    based on the Mann-Whitney statistic. Part 2: asymptotic methods and
+    evaluation. Statistics in Medicine 25, 559-573 (the bound used at
+    complete separation).
+Hosmer, D. W., Lemeshow, S. & Sturdivant, R. X. (2013). Applied Logistic
+    Regression, 3rd ed., ch. 4 (likelihood-ratio tests; spline terms for
+    a nonlinear covariate such as confidence).
+
+Issue 10 additions: :func:`within_class_auc` (the headline AUC),
+:func:`marginal_auc`, :func:`confidence_adjusted_test` (odds ratio given a
+flexible function of confidence), :func:`h1_verdicts` and
+:func:`secondary_adjusted`; the dispersion test is in
+:mod:`camstat.dispersion`, the null pipeline in :mod:`camstat.nullsim`.
 """
 
 from __future__ import annotations
@@ -56,26 +69,37 @@ __all__ = [
     "AUCResult",
     "ClassRow",
     "ClassTest",
+    "ConfidenceAdjusted",
     "H1MetricResult",
     "H1Result",
     "LogisticResult",
+    "MarginalAUC",
     "McNemarResult",
     "PairedResult",
     "PermutationResult",
     "PooledResult",
+    "Record",
     "Summary",
+    "Verdict",
+    "WithinClassAUC",
     "adjust",
     "auc_test",
     "class_test",
     "cliffs_delta",
+    "confidence_adjusted_test",
+    "confidence_covariates",
     "h1_analysis",
     "h1_metric",
+    "h1_verdicts",
     "logistic_test",
+    "marginal_auc",
     "mcnemar_exact",
     "paired_test",
     "permuted_control",
+    "secondary_adjusted",
     "stratified_permutation_test",
     "summarize",
+    "within_class_auc",
 ]
 
 _NAN = float("nan")
@@ -96,15 +120,15 @@ def _key(name: str) -> str:
     return "class" if name == "class_" else name
 
 
-class _Record:
-    """Mixin: ``to_dict()`` for frozen dataclass records."""
+class Record:
+    """Mixin: ``to_dict()`` (JSON-ready, field ``class_`` as key ``class``) for frozen dataclass records."""
 
     def to_dict(self) -> dict[str, Any]:
         return {_key(f.name): jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
-class ClassTest(_Record):
+class ClassTest(Record):
     """Correct vs incorrect within one group (see :func:`class_test`)."""
 
     n_correct: int
@@ -118,7 +142,7 @@ class ClassTest(_Record):
 
 
 @dataclass(frozen=True)
-class PermutationResult(_Record):
+class PermutationResult(Record):
     """Stratified permutation test (see :func:`stratified_permutation_test`).
 
     ``statistic`` is the pooled within-stratum Cliff's delta (van Elteren
@@ -132,7 +156,7 @@ class PermutationResult(_Record):
 
 
 @dataclass(frozen=True)
-class LogisticResult(_Record):
+class LogisticResult(Record):
     """Logistic model ``correct ~ z(metric) + C(class) [+ logit(conf)]``."""
 
     odds_ratio_per_sd: float
@@ -144,7 +168,7 @@ class LogisticResult(_Record):
 
 
 @dataclass(frozen=True)
-class AUCResult(_Record):
+class AUCResult(Record):
     """AUC of the metric (as given) for predicting correctness."""
 
     auc: float
@@ -156,7 +180,7 @@ class AUCResult(_Record):
 
 
 @dataclass(frozen=True)
-class ClassRow(_Record):
+class ClassRow(Record):
     """One per-class H1 row; ``to_dict()`` has exactly the SPEC 4 keys."""
 
     class_: str
@@ -171,7 +195,7 @@ class ClassRow(_Record):
 
 
 @dataclass(frozen=True)
-class PooledResult(_Record):
+class PooledResult(Record):
     """Pooled H1 tests for one metric (SPEC 4 keys first, then extras)."""
 
     p_permutation: float
@@ -194,7 +218,7 @@ class PooledResult(_Record):
 
 
 @dataclass(frozen=True)
-class H1MetricResult(_Record):
+class H1MetricResult(Record):
     """H1 for one metric: per-class rows, skipped classes, pooled tests.
 
     ``skipped`` holds ``(class name, reason)`` pairs (JSON: 2-element lists).
@@ -206,7 +230,7 @@ class H1MetricResult(_Record):
 
 
 @dataclass(frozen=True)
-class H1Result(_Record):
+class H1Result(Record):
     """H1 for every metric; p-values adjusted jointly over classes x metrics."""
 
     metrics: dict[str, H1MetricResult]
@@ -219,7 +243,7 @@ class H1Result(_Record):
 
 
 @dataclass(frozen=True)
-class Summary(_Record):
+class Summary(Record):
     """Mean, sample SD (ddof=1) and t-based 95 % CI of the mean."""
 
     mean: float
@@ -229,7 +253,7 @@ class Summary(_Record):
 
 
 @dataclass(frozen=True)
-class PairedResult(_Record):
+class PairedResult(Record):
     """Paired comparison of a and b (differences a - b)."""
 
     mean_diff: float
@@ -241,7 +265,7 @@ class PairedResult(_Record):
 
 
 @dataclass(frozen=True)
-class McNemarResult(_Record):
+class McNemarResult(Record):
     """Exact McNemar test; b = a right & b wrong, c = a wrong & b right."""
 
     b: int
@@ -425,11 +449,54 @@ def _delta_with_ci(
         jack.append((S - t) / (n * (m - 1)))
     else:
         jack.append(np.empty(0))
+    if np.ptp(boot_S) == 0:
+        return delta, _degenerate_ci(delta, n, m), boot
     # BCa on the integer scale S = n m delta, so ties between bootstrap
     # values and the observed value are exact in the bias correction; the
     # acceleration is scale-free, so delta-scale jackknife values are fine.
     lo, hi = _bca_ci(S, boot_S.astype(float), jack)
     return delta, (lo / nm, hi / nm), boot
+
+
+def _degenerate_ci(delta: float, n_x: Any, n_y: Any, level: float = 0.95) -> tuple[float, float]:
+    """CI of a Cliff's delta whose bootstrap distribution is a single value.
+
+    Complete separation (delta = +-1) keeps every resample separated, so a
+    bootstrap interval would be the point [1, 1]. The rule used instead is
+    Newcombe's (2006) score-type interval for theta = P(X > Y) (his method
+    5): the bound is the theta < 1 at which the observed theta = 1 lies z
+    standard errors away, with the Hanley & McNeil (1982) variance
+
+        V(theta) = theta (1 - theta) [1 + (N* - 1) ((1 - theta) / (2 - theta)
+                   + theta / (1 + theta))] / (n m),   N* = (n + m) / 2 - 1,
+
+    pooled over classes as sum_s w_s^2 V_s / (sum_s w_s)^2 with the van
+    Elteren weights w_s = n_s m_s / (n_s + m_s + 1) (one class: the plain
+    formula). delta's interval is [2 theta_lo - 1, 1] (mirrored for -1).
+    Any other single-valued bootstrap (a constant metric, sd 0) has no
+    interval: NaN, never a zero-width CI.
+
+    Newcombe, R. G. (2006). Confidence intervals for an effect size measure
+    based on the Mann-Whitney statistic. Part 2: asymptotic methods and
+    evaluation. Statistics in Medicine 25, 559-573.
+    """
+    if abs(delta) != 1.0:
+        return _NAN_CI
+    from scipy.optimize import brentq
+
+    n = np.atleast_1d(np.asarray(n_x, dtype=float))
+    m = np.atleast_1d(np.asarray(n_y, dtype=float))
+    w = n * m / (n + m + 1)
+    n_star = (n + m) / 2 - 1
+    z = ndtri(1 - (1 - level) / 2)
+
+    def gap(theta: float) -> float:
+        # sqrt(1 - theta) - z SE(theta) / sqrt(1 - theta): the root below 1
+        v = theta * (1 + (n_star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta))) / (n * m)
+        return math.sqrt(1 - theta) - z * math.sqrt(np.sum(w**2 * v)) / np.sum(w)
+
+    bound = 2.0 * brentq(gap, 0.0, 1.0 - 1e-12) - 1.0
+    return (bound, 1.0) if delta > 0 else (-1.0, -bound)
 
 
 # --------------------------------------------------------------------------
@@ -468,7 +535,8 @@ def class_test(
     continuity correction); ``u`` is U of the correct group. Effect size
     Cliff's delta with a BCa bootstrap 95 % CI (each group resampled
     separately, ``n_boot`` resamples from a seeded generator; percentile
-    interval where BCa is undefined, e.g. delta = +-1).
+    interval where BCa is undefined; at delta = +-1 Newcombe's score bound,
+    see :func:`_degenerate_ci`; NaN for a constant metric).
 
     Raises ValueError for an empty group or NaN values.
     """
@@ -766,6 +834,343 @@ def auc_test(
     return AUCResult(auc, ci, within, n, within_ci, k)
 
 
+@dataclass(frozen=True)
+class WithinClassAUC(Record):
+    """Within-class AUC in H1's orientation (see :func:`within_class_auc`).
+
+    ``separated`` flags complete separation in every class (the CI is then
+    the score bound of :func:`_degenerate_ci`, not a bootstrap interval).
+    """
+
+    auc_within_class: float
+    auc_within_class_ci95: tuple[float, float]
+    n: int
+    n_classes: int
+    separated: bool = False
+
+
+@dataclass(frozen=True)
+class MarginalAUC(Record):
+    """AUC over all images, ignoring classes (see :func:`marginal_auc`)."""
+
+    auc_marginal: float
+    auc_marginal_ci95: tuple[float, float]
+    n: int
+    separated: bool = False
+
+
+def _oriented(values: Any, correct: Any, higher_is_more_consistent: bool) -> tuple[np.ndarray, np.ndarray]:
+    v = _as_values(values, "values")
+    y = _as_bool(correct, "correct", v.size)
+    return (v if higher_is_more_consistent else -v), y
+
+
+def _within_class_jackknife(
+    cells: list[tuple[np.ndarray, np.ndarray, int]], inv: np.ndarray, num: float, W: float
+) -> list[np.ndarray]:
+    """Leave-one-out pooled deltas, one array per sample (class x outcome).
+
+    Removing one image of class s changes S_s by its dominance count and the
+    van Elteren weight n_c n_i / (n_s + 1) to that of the smaller sample, as
+    ``scipy.stats.bootstrap``'s multi-sample jackknife recomputes it.
+    """
+    out = []
+    for (s, t, S), w in zip(cells, inv):
+        nc, ni = s.size, t.size
+        ns = nc + ni
+        rest_num, rest_den = num - S * w, W - nc * ni * w
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append((rest_num + (S - s) / ns) / (rest_den + (nc - 1) * ni / ns))
+            out.append((rest_num + (S - t) / ns) / (rest_den + nc * (ni - 1) / ns))
+    return out
+
+
+def within_class_auc(
+    values: Any,
+    correct: Any,
+    classes: Any,
+    *,
+    higher_is_more_consistent: bool = True,
+    n_boot: int = 2000,
+    seed: int | np.random.SeedSequence = 0,
+) -> WithinClassAUC:
+    """Within-class AUC: P(a correct image is more consistent than an incorrect one of its class).
+
+    With d_s the Cliff's delta of correct vs incorrect images in class s (the
+    metric oriented so that larger = more consistent) and van Elteren (1960)
+    weights w_s = n_cs n_is / (n_s + 1),
+
+        AUC_w = (1 + delta_w) / 2,   delta_w = sum_s w_s d_s / sum_s w_s,
+
+    i.e. the pooled delta of :func:`stratified_permutation_test` in H1's
+    orientation, put on the AUC scale (Hanley & McNeil 1982). Classes with
+    only one outcome carry no within-class comparison and are left out.
+    Unlike the marginal AUC it cannot be moved by differences between
+    classes (class accuracy tied to the metric's level).
+
+    CI: BCa bootstrap (Efron & Tibshirani 1993, ch. 14) resampling every
+    class x outcome cell separately, so the weights stay fixed (the scheme
+    of ``scipy.stats.bootstrap`` with one sample per cell); complete
+    separation in every class gives Newcombe's (2006) score bound pooled
+    over classes (:func:`_degenerate_ci`); a bootstrap with a single value
+    otherwise (constant metric) gives NaN. SPEC 4 keys ``auc_within_class``,
+    ``auc_within_class_ci95``.
+    """
+    score, y = _oriented(values, correct, higher_is_more_consistent)
+    _same_length(score.size, classes=classes)
+    _, codes = np.unique(np.asarray(classes).ravel(), return_inverse=True)
+    codes = codes.ravel()
+    groups = []
+    for k in range(codes.max() + 1 if codes.size else 0):
+        m = codes == k
+        if 0 < y[m].sum() < m.sum():
+            groups.append((score[m & y], score[m & ~y]))
+    n = int(score.size)
+    if not groups:
+        return WithinClassAUC(_NAN, _NAN_CI, n, 0)
+    cells = []
+    for x, z in groups:
+        s, t = _dominance(x, z)
+        cells.append((s, t, int(s.sum())))
+    sizes = np.array([(x.size, z.size) for x, z in groups])
+    inv = 1.0 / (sizes.sum(axis=1) + 1)
+    W = float(np.sum(sizes[:, 0] * sizes[:, 1] * inv))
+    S_obs = np.array([S for _, _, S in cells], dtype=np.int64)
+    separated = bool(np.all(np.abs(S_obs) == sizes[:, 0] * sizes[:, 1]) and abs(np.sign(S_obs).sum()) == len(cells))
+    if n_boot <= 0:
+        delta = float(np.sign(S_obs[0])) if separated else float(np.sum(S_obs * inv) / W)
+        return WithinClassAUC((1 + delta) / 2, _NAN_CI, n, len(cells), separated)
+    rngs = [np.random.default_rng(c) for c in _seed_seq(seed, "auc-within-class").spawn(len(cells))]
+    boot_S = np.column_stack([_bootstrap_dominance(x, z, int(n_boot), r) for (x, z), r in zip(groups, rngs)])
+    # observed and bootstrap values through the same row sums, so that equal
+    # integer counts give bit-equal deltas (exact ties in the BCa bias correction)
+    vals = (np.vstack([S_obs[None, :], boot_S]) * inv).sum(axis=1) / W
+    delta, boot = float(vals[0]), vals[1:]
+    if separated:
+        delta = float(np.sign(S_obs[0]))
+        ci = _degenerate_ci(delta, sizes[:, 0], sizes[:, 1])
+    elif np.ptp(boot) == 0:
+        ci = _NAN_CI
+    else:
+        ci = _bca_ci(delta, boot, _within_class_jackknife(cells, inv, delta * W, W))
+    return WithinClassAUC((1 + delta) / 2, ((1 + ci[0]) / 2, (1 + ci[1]) / 2), n, len(cells), separated)
+
+
+def marginal_auc(
+    values: Any,
+    correct: Any,
+    *,
+    higher_is_more_consistent: bool = True,
+    n_boot: int = 2000,
+    seed: int | np.random.SeedSequence = 0,
+) -> MarginalAUC:
+    """AUC over all images, classes ignored: (1 + delta) / 2 (Hanley & McNeil 1982).
+
+    It mixes differences *between* classes into the comparison (an accurate
+    class whose maps are all more consistent moves it even when, within
+    every class, correctness is unrelated to the metric), so it is only ever
+    reported labelled "marginal"; :func:`within_class_auc` is the headline.
+    Orientation: > 0.5 means correct images are more consistent. CI: BCa,
+    correct and incorrect images resampled separately (as :func:`class_test`),
+    with the same degenerate-case rules. SPEC 4 keys ``auc_marginal``,
+    ``auc_marginal_ci95``.
+    """
+    score, y = _oriented(values, correct, higher_is_more_consistent)
+    n = int(score.size)
+    if y.all() or not y.any():
+        return MarginalAUC(_NAN, _NAN_CI, n)
+    rng = np.random.default_rng(_seed_seq(seed, "auc-marginal"))
+    delta, ci, _ = _delta_with_ci(score[y], score[~y], int(n_boot), rng)
+    return MarginalAUC((1 + delta) / 2, ((1 + ci[0]) / 2, (1 + ci[1]) / 2), n, abs(delta) == 1.0)
+
+
+@dataclass(frozen=True)
+class ConfidenceAdjusted(Record):
+    """Metric's odds ratio given flexible confidence (see :func:`confidence_adjusted_test`).
+
+    ``sd`` is the SD the odds ratio is per, of kind ``sd_kind``
+    (``"pooled_within_class"``).
+    """
+
+    odds_ratio_per_sd_given_confidence: float
+    odds_ratio_ci95_given_confidence: tuple[float, float]
+    p_lrt_given_confidence: float
+    sd: float
+    sd_kind: str
+    spline_df: int
+    n: int
+    dropped_strata: tuple[str, ...] = ()
+    note: str | None = None
+
+
+def confidence_covariates(logits: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Log-odds of the predicted class and the top-1 minus top-2 logit margin.
+
+    With logits z and top class t, p_t = softmax(z)_t and
+    log(p_t / (1 - p_t)) = z_t - logsumexp_{j != t} z_j, computed that way
+    (no probability is formed, so nothing is clipped: confidences of
+    1 - 1e-12 keep their distinct log-odds). Returns two (N,) arrays.
+    """
+    from scipy.special import logsumexp
+
+    z = np.asarray(logits, dtype=float)
+    if z.ndim != 2 or z.shape[1] < 2 or not np.isfinite(z).all():
+        raise ValueError(f"logits must be a finite (N, K >= 2) array, got shape {z.shape}")
+    order = np.argsort(z, axis=1)
+    top = np.take_along_axis(z, order[:, -1:], axis=1)[:, 0]
+    second = np.take_along_axis(z, order[:, -2:-1], axis=1)[:, 0]
+    others = z.copy()
+    np.put_along_axis(others, order[:, -1:], -np.inf, axis=1)
+    return top - logsumexp(others, axis=1), top - second
+
+
+def _pooled_within_sd(v: np.ndarray, codes: np.ndarray) -> float:
+    """sqrt(sum_s sum_i (v_i - mean_s)^2 / (n - K)): the metric's SD within classes."""
+    k = np.unique(codes).size
+    if v.size <= k:
+        return _NAN
+    means = np.bincount(codes, weights=v) / np.maximum(np.bincount(codes), 1)
+    return float(np.sqrt(np.sum((v - means[codes]) ** 2) / (v.size - k)))
+
+
+def _confidence_design(logits: np.ndarray, df: int) -> np.ndarray:
+    """Natural cubic spline (patsy ``cr``, centred) of the log-odds, plus the margin.
+
+    With two classes the margin equals the log-odds and is left out.
+    """
+    import patsy
+
+    log_odds, margin = confidence_covariates(logits)
+    spline = np.asarray(patsy.dmatrix(f"cr(x, df={int(df)}, constraints='center') - 1", {"x": log_odds}))
+    return spline if logits.shape[1] == 2 else np.column_stack([spline, margin])
+
+
+def confidence_adjusted_test(
+    values: Any,
+    correct: Any,
+    classes: Any,
+    logits: Any,
+    *,
+    higher_is_more_consistent: bool = True,
+    spline_df: int = 4,
+) -> ConfidenceAdjusted:
+    """Does the metric add to confidence? ``correct ~ z + C(class) + ns(log-odds, df) + margin``.
+
+    Logistic model (statsmodels ``Logit``, Newton) with the metric z
+    standardised by its pooled within-class SD (sqrt of the within-class
+    sum of squares / (n - K)), so the odds ratio exp(beta_z) is per SD of
+    the metric *within* a class (between-class spread excluded; oriented so
+    that > 1 means more consistent -> more often correct). Confidence enters
+    flexibly: a natural cubic regression spline (``patsy.cr``, ``spline_df``
+    df, knots at quantiles) of the predicted class's log-odds and the top-1
+    minus top-2 logit margin, both from the stored logits
+    (:func:`confidence_covariates`). 95 % Wald CI; ``p_lrt`` is the
+    likelihood-ratio test (chi2, 1 df) against the same model without z.
+    A straight line in logit(confidence) is not enough: with
+    P(correct) = conf^4 a noisy copy of confidence "adds" to it in ~28 % of
+    null data sets (issue 10); this form is calibrated in the suite.
+    Classes with a single outcome are dropped (as :func:`logistic_test`).
+    SPEC 4 keys ``odds_ratio_per_sd_given_confidence``,
+    ``odds_ratio_ci95_given_confidence``, ``p_lrt_given_confidence``.
+    """
+    score, y = _oriented(values, correct, higher_is_more_consistent)
+    z_logits = np.asarray(logits, dtype=float)
+    if z_logits.ndim != 2 or z_logits.shape[0] != score.size:
+        raise ValueError(f"logits must have shape ({score.size}, K), got {z_logits.shape}")
+    _same_length(score.size, classes=classes)
+    labels, codes = np.unique(np.asarray(classes).ravel(), return_inverse=True)
+    codes = codes.ravel()
+    single = [k for k in range(labels.size) if y[codes == k].all() or not y[codes == k].any()]
+    keep = ~np.isin(codes, single)
+    dropped = tuple(str(labels[k]) for k in single)
+    n = int(keep.sum())
+
+    def fail(msg: str, sd: float = _NAN) -> ConfidenceAdjusted:
+        return ConfidenceAdjusted(_NAN, _NAN_CI, _NAN, sd, "pooled_within_class", int(spline_df), n, dropped, msg)
+
+    if n == 0:
+        return fail("no class has both correct and incorrect images")
+    v, yk, ck = score[keep], y[keep].astype(float), np.unique(codes[keep], return_inverse=True)[1].ravel()
+    sd = _pooled_within_sd(v, ck)
+    if not np.isfinite(sd) or sd == 0:
+        return fail("metric is constant within classes: odds ratio undefined", sd)
+    dummies = (ck[:, None] == np.arange(1, ck.max() + 1)[None, :]).astype(float)
+    X0 = np.column_stack([np.ones(n), dummies, _confidence_design(z_logits[keep], spline_df)])
+    X1 = np.column_stack([X0[:, :1], (v - v.mean()) / sd, X0[:, 1:]])
+    full, problem = _fit_logit(yk, X1)
+    reduced, problem0 = _fit_logit(yk, X0) if full is not None else (None, None)
+    if problem or problem0:
+        return fail(problem or f"reduced model: {problem0}", sd)
+    ci = np.exp(np.asarray(full.conf_int(0.05))[1])
+    p = float(scipy.stats.chi2.sf(max(0.0, 2.0 * (full.llf - reduced.llf)), 1))
+    note = f"dropped {len(dropped)} single-outcome classes" if dropped else None
+    return ConfidenceAdjusted(
+        float(np.exp(full.params[1])), (float(ci[0]), float(ci[1])), p, sd, "pooled_within_class",
+        int(spline_df), n, dropped, note,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict(Record):
+    """SPEC 4 ``verdict`` of one primary analysis (a method x layer x target)."""
+
+    primary: str
+    supported: bool
+    p_adjusted: float
+    auc_within_class: float
+    auc_within_class_ci95: tuple[float, float]
+    significant: bool
+    auc_ci_above_half: bool
+
+
+def h1_verdicts(
+    primary: str,
+    p_permutation: Any,
+    auc_within_class: Any,
+    auc_within_class_ci95: Any,
+    *,
+    alpha: float = 0.05,
+    correction: str = "holm",
+) -> tuple[Verdict, ...]:
+    """H1 verdicts from the primary metric, one per analysis (SPEC 4 ``verdict``).
+
+    ``p_permutation`` (A,): the primary metric's pooled permutation p in
+    each of the A primary analyses of the command (methods x layers x
+    targets); ``auc_within_class`` (A,) and ``auc_within_class_ci95`` (A, 2)
+    from :func:`within_class_auc` (H1's orientation: > 0.5 = correct images
+    more consistent). The p-values are adjusted across the A analyses
+    (:func:`adjust`, Holm 1979 by default), and
+
+        supported = p_adjusted < alpha  and  CI lower bound > 0.5,
+
+    so neither a significant but tiny effect in the wrong direction nor a
+    wide CI supports H1. NaN inputs give ``supported = False``.
+    """
+    p = np.atleast_1d(np.asarray(p_permutation, dtype=float))
+    auc = np.atleast_1d(np.asarray(auc_within_class, dtype=float))
+    ci = np.asarray(auc_within_class_ci95, dtype=float).reshape(-1, 2)
+    if not (p.shape == auc.shape == ci.shape[:1]):
+        raise ValueError(f"one p, AUC and CI per analysis needed, got {p.size}, {auc.size}, {ci.shape[0]}")
+    p_adj = adjust(p, correction)
+    out = []
+    for pa, a, (lo, hi) in zip(p_adj, auc, ci):
+        sig, above = bool(pa < alpha), bool(lo > 0.5)  # NaN compares False
+        out.append(Verdict(str(primary), sig and above, float(pa), float(a), (float(lo), float(hi)), sig, above))
+    return tuple(out)
+
+
+def secondary_adjusted(p_permutation: Mapping[str, float], correction: str = "holm") -> dict[str, float]:
+    """Pooled p of the secondary (non-primary consistency) metrics, adjusted across themselves.
+
+    ``{metric: p}`` -> ``{metric: p_adjusted}`` (:func:`adjust`; NaN stays
+    NaN and is not counted in the family). Concentration metrics are a
+    separate question and do not belong in this family.
+    """
+    names = list(p_permutation)
+    adj = adjust(np.array([p_permutation[k] for k in names], dtype=float), correction)
+    return {k: float(v) for k, v in zip(names, adj)}
+
+
 def permuted_control(classes: Any, correct: Any, seed: int = 0) -> np.ndarray:
     """Correctness labels shuffled within each class (the permuted control).
 
@@ -810,6 +1215,98 @@ def _class_codes(classes: Any, class_names: Sequence[str]) -> np.ndarray:
     return np.array([lookup[str(c)] for c in cls], dtype=np.int64)
 
 
+def _skip_reason(n_all: tuple[int, int], n_kept: tuple[int, int], min_group: int) -> str | None:
+    """Why a class is skipped, or None. An empty group is the reason itself
+    ("n_correct=0"), not the NaN rows it leaves behind (a class without
+    correct images has no reference, so all its values are NaN)."""
+    labels = ("n_correct", "n_incorrect")
+    empty = [f"{lab}=0" for lab, k in zip(labels, n_all) if k == 0]
+    if empty:
+        return "; ".join(empty)
+    small = [f"{lab}={k} < min_group={min_group}" for lab, k in zip(labels, n_kept) if k < min_group]
+    return "; ".join(small) or None
+
+
+def _class_rows(
+    v: np.ndarray, c: np.ndarray, codes: np.ndarray, n_all: np.ndarray, class_names: Sequence[str],
+    min_group: int, n_boot: int, seed: int | np.random.SeedSequence,
+) -> tuple[list[ClassRow], list[tuple[str, str]]]:
+    """Per-class rows (:func:`class_test`) and skipped classes; ``n_all`` (K, 2) counts before NaN dropping."""
+    rows: list[ClassRow] = []
+    skipped: list[tuple[str, str]] = []
+    row_fields = {f.name for f in dataclasses.fields(ClassRow)}
+    for k, name in enumerate(class_names):
+        m = codes == k
+        xc, xi = v[m & c], v[m & ~c]
+        reason = _skip_reason(tuple(n_all[k]), (xc.size, xi.size), min_group)
+        if reason:
+            skipped.append((str(name), reason))
+            continue
+        # seeded by name, so a class's stream does not depend on class order
+        # or on which other classes are skipped
+        t = class_test(xc, xi, n_boot=n_boot, seed=_seed_seq(seed, "class", str(name)))
+        same = {f: v_ for f, v_ in dataclasses.asdict(t).items() if f in row_fields}
+        rows.append(ClassRow(class_=str(name), p_adjusted=None, **same))
+    return rows, skipped
+
+
+def _given_confidence(
+    v: np.ndarray, c: np.ndarray, strata: np.ndarray, conf: np.ndarray | None, notes: list[str]
+) -> LogisticResult | None:
+    """:func:`logistic_test` with ``logit(confidence)``; None without confidence (noted)."""
+    if conf is None:
+        notes.append("no confidence given: confidence-adjusted model not fitted")
+        return None
+    if not v.size:
+        return None
+    ok = ~np.isnan(conf)
+    if not ok.all():
+        notes.append(f"confidence-adjusted model: dropped {int((~ok).sum())} images with NaN confidence")
+    lc = logistic_test(v[ok], c[ok], strata[ok], conf[ok])
+    if lc.note:
+        notes.append(f"logistic given confidence: {lc.note}")
+    return lc
+
+
+def _pooled(
+    v: np.ndarray, c: np.ndarray, strata: np.ndarray, conf: np.ndarray | None, n_nan: int, notes: list[str],
+    permutations: int, n_boot: int, seed: int | np.random.SeedSequence,
+) -> PooledResult:
+    """Pooled tests of one metric (permutation, logistic without and with confidence, AUC)."""
+    n = int(v.size)
+    if n == 0:
+        notes.append("no non-NaN values")
+        perm = PermutationResult(_NAN, _NAN, int(permutations), note="no data")
+        logi = LogisticResult(_NAN, _NAN_CI, _NAN, 0, note="no data")
+        auc = AUCResult(_NAN, _NAN_CI, _NAN, 0)
+    else:
+        perm = stratified_permutation_test(v, c, strata, permutations, seed=_seed_seq(seed, "permutation"))
+        logi = logistic_test(v, c, strata)
+        auc = auc_test(v, c, strata, n_boot=n_boot, seed=_seed_seq(seed, "auc"))
+    for prefix, note in (("permutation", perm.note), ("logistic", logi.note)):
+        if note:
+            notes.append(f"{prefix}: {note}")
+    lc = _given_confidence(v, c, strata, conf, notes)
+    return PooledResult(
+        p_permutation=perm.p_value,
+        odds_ratio_per_sd=logi.odds_ratio_per_sd,
+        p_lrt=logi.p_lrt,
+        p_lrt_given_confidence=None if lc is None else lc.p_lrt,
+        auc=auc.auc,
+        auc_ci95=auc.ci95,
+        statistic=perm.statistic,
+        odds_ratio_ci95=logi.ci95,
+        odds_ratio_per_sd_given_confidence=None if lc is None else lc.odds_ratio_per_sd,
+        odds_ratio_ci95_given_confidence=None if lc is None else lc.ci95,
+        auc_within_class=auc.auc_within_class,
+        auc_within_class_ci95=auc.auc_within_class_ci95,
+        n=n,
+        n_nan_dropped=n_nan,
+        n_permutations=perm.n_permutations,
+        notes=tuple(notes),
+    )
+
+
 def h1_metric(
     values: Any,
     correct: Any,
@@ -827,13 +1324,14 @@ def h1_metric(
     ``classes`` are indices into ``class_names`` (or the names). Per class
     with at least ``min_group`` correct *and* incorrect images:
     :func:`class_test`; classes below it are listed in ``skipped`` with the
-    reason. ``p_adjusted`` is left None here; :func:`h1_analysis` fills it
-    over the joint family of classes x metrics. Pooled (all non-NaN images,
-    every class): :func:`stratified_permutation_test`,
-    :func:`logistic_test` without and with ``confidence`` (may be None),
-    :func:`auc_test` of the metric as given. Images with NaN values are
-    dropped and counted (``pooled.n_nan_dropped``); NaN confidences only
-    leave the confidence-adjusted model, with a note.
+    reason (a class with no correct images: ``"n_correct=0"``). ``p_adjusted``
+    is left None here; :func:`h1_analysis` fills it over the joint family of
+    classes x metrics. Pooled (all non-NaN images, every class):
+    :func:`stratified_permutation_test`, :func:`logistic_test` without and
+    with ``confidence`` (may be None), :func:`auc_test` of the metric as
+    given. Images with NaN values are dropped and counted
+    (``pooled.n_nan_dropped``); NaN confidences only leave the
+    confidence-adjusted model, with a note.
     """
     v = np.asarray(values, dtype=float).ravel()
     n_all = v.size
@@ -843,6 +1341,8 @@ def h1_metric(
     conf = None if confidence is None else np.asarray(confidence, dtype=float).ravel()
     if int(min_group) < 1:
         raise ValueError("min_group must be >= 1")
+    k = len(class_names)
+    counts = np.column_stack([np.bincount(codes[c], minlength=k), np.bincount(codes[~c], minlength=k)])
 
     notes: list[str] = []
     finite = ~np.isnan(v)
@@ -853,87 +1353,10 @@ def h1_metric(
     if conf is not None:
         conf = conf[finite]
 
-    def child(*names: str) -> np.random.SeedSequence:
-        # derived by name, so a class's stream does not depend on class
-        # order or on which other classes are skipped
-        return _seed_seq(seed, *names)
-
-    rows: list[ClassRow] = []
-    skipped: list[tuple[str, str]] = []
-    for k, name in enumerate(class_names):
-        m = codes == k
-        xc, xi = v[m & c], v[m & ~c]
-        reasons = [
-            f"{lab}={cnt} < min_group={min_group}"
-            for lab, cnt in (("n_correct", xc.size), ("n_incorrect", xi.size))
-            if cnt < min_group
-        ]
-        if reasons:
-            skipped.append((str(name), "; ".join(reasons)))
-            continue
-        t = class_test(xc, xi, n_boot=n_boot, seed=child("class", str(name)))
-        rows.append(
-            ClassRow(
-                class_=str(name),
-                n_correct=t.n_correct,
-                n_incorrect=t.n_incorrect,
-                median_correct=t.median_correct,
-                median_incorrect=t.median_incorrect,
-                p_value=t.p_value,
-                p_adjusted=None,
-                cliffs_delta=t.cliffs_delta,
-                ci95=t.ci95,
-            )
-        )
-
+    rows, skipped = _class_rows(v, c, codes, counts, class_names, min_group, n_boot, seed)
     names_arr = np.asarray([str(nm) for nm in class_names], dtype=object)
     strata = names_arr[codes] if codes.size else np.empty(0, dtype=object)
-    n = int(v.size)
-    if n == 0:
-        notes.append("no non-NaN values")
-        perm = PermutationResult(_NAN, _NAN, int(permutations), note="no data")
-        logi = LogisticResult(_NAN, _NAN_CI, _NAN, 0, note="no data")
-        auc = AUCResult(_NAN, _NAN_CI, _NAN, 0)
-    else:
-        perm = stratified_permutation_test(v, c, strata, permutations, seed=child("permutation"))
-        logi = logistic_test(v, c, strata)
-        auc = auc_test(v, c, strata, n_boot=n_boot, seed=child("auc"))
-    for prefix, note in (("permutation", perm.note), ("logistic", logi.note)):
-        if note:
-            notes.append(f"{prefix}: {note}")
-
-    or_conf: float | None = None
-    or_conf_ci: tuple[float, float] | None = None
-    p_conf: float | None = None
-    if conf is None:
-        notes.append("no confidence given: confidence-adjusted model not fitted")
-    elif n:
-        ok = ~np.isnan(conf)
-        if not ok.all():
-            notes.append(f"confidence-adjusted model: dropped {int((~ok).sum())} images with NaN confidence")
-        lc = logistic_test(v[ok], c[ok], strata[ok], conf[ok])
-        or_conf, or_conf_ci, p_conf = lc.odds_ratio_per_sd, lc.ci95, lc.p_lrt
-        if lc.note:
-            notes.append(f"logistic given confidence: {lc.note}")
-
-    pooled = PooledResult(
-        p_permutation=perm.p_value,
-        odds_ratio_per_sd=logi.odds_ratio_per_sd,
-        p_lrt=logi.p_lrt,
-        p_lrt_given_confidence=p_conf,
-        auc=auc.auc,
-        auc_ci95=auc.ci95,
-        statistic=perm.statistic,
-        odds_ratio_ci95=logi.ci95,
-        odds_ratio_per_sd_given_confidence=or_conf,
-        odds_ratio_ci95_given_confidence=or_conf_ci,
-        auc_within_class=auc.auc_within_class,
-        auc_within_class_ci95=auc.auc_within_class_ci95,
-        n=n,
-        n_nan_dropped=n_nan,
-        n_permutations=perm.n_permutations,
-        notes=tuple(notes),
-    )
+    pooled = _pooled(v, c, strata, conf, n_nan, notes, permutations, n_boot, seed)
     return H1MetricResult(per_class=tuple(rows), skipped=tuple(skipped), pooled=pooled)
 
 
@@ -989,7 +1412,7 @@ def h1_analysis(
 
 
 def summarize(x: Any) -> Summary:
-    """Mean, SD (ddof=1) and t-based 95 % CI of the mean (NaN for n < 2)."""
+    """Mean, SD (ddof=1) and t-based 95 % CI of the mean (NaN for n < 2 or SD 0)."""
     a = _as_values(x, "x")
     n = int(a.size)
     if n == 0:
@@ -999,7 +1422,8 @@ def summarize(x: Any) -> Summary:
         return Summary(mean, _NAN, _NAN_CI, n)
     sd = float(a.std(ddof=1))
     if sd == 0:
-        return Summary(mean, 0.0, (mean, mean), n)
+        # no spread observed is not a zero-width interval: the t interval is undefined
+        return Summary(mean, 0.0, _NAN_CI, n)
     lo, hi = scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
     return Summary(mean, sd, (float(lo), float(hi)), n)
 
@@ -1011,7 +1435,9 @@ def paired_test(a: Any, b: Any) -> PairedResult:
     ``scipy.stats.ttest_rel``; ``p_wilcoxon`` from ``scipy.stats.wilcoxon``
     (exact for small n), but None when n < 6 — the smallest two-sided
     exact p with n pairs is 2 / 2^n, so with n <= 5 it can never reach
-    0.05 — or when every difference is zero; ``note`` says which.
+    0.05. When every difference is the same (SD 0), both p-values and the CI
+    are NaN (no test is possible), never p 0 with a zero-width CI; ``note``
+    says which.
     """
     x = _as_values(a, "a")
     y = _as_values(b, "b")
@@ -1023,10 +1449,11 @@ def paired_test(a: Any, b: Any) -> PairedResult:
     notes = []
     if n < 2:
         return PairedResult(mean_diff, _NAN_CI, _NAN, None, n, "n < 2: no paired test possible")
-    if np.all(d == 0):
-        return PairedResult(0.0, (0.0, 0.0), _NAN, None, n, "all differences are zero: no test possible")
     if np.all(d == d[0]):
-        notes.append("all differences are equal: the t-test is degenerate")
+        # sd 0: the t statistic is +-inf or 0/0; p 0 and a zero-width CI
+        # would claim certainty that seeds cannot give
+        note = "all differences are zero" if d[0] == 0 else "all differences are equal"
+        return PairedResult(mean_diff, _NAN_CI, _NAN, None, n, f"{note}: no test possible")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         tt = scipy.stats.ttest_rel(x, y)

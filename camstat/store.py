@@ -66,7 +66,7 @@ def _root_attributes(path: Path) -> dict | None:
     return attributes if isinstance(attributes, dict) else None
 
 
-def _is_store(path: Path) -> bool:
+def is_store(path: Path) -> bool:
     """A folder whose root ``zarr.json`` carries camstat's attributes (written last, in one write)."""
     return "camstat_schema" in (_root_attributes(path) or {})
 
@@ -138,7 +138,7 @@ class Store:
         self.path = Path(path)
         if not self.path.exists():
             raise CamstatError(f"store {self.path} does not exist; create it with `camstat extract`")
-        if not _is_store(self.path):
+        if not is_store(self.path):
             raise CamstatError(
                 f"{self.path} is not a camstat store (no camstat attributes in zarr.json); give a store made by"
                 " `camstat extract`"
@@ -295,6 +295,71 @@ class Store:
         """``derived/<name>`` (arrays in memory), or None when absent or made with parameters other than ``params``."""
         return derived_mod.read_derived(self.path, name, params)
 
+    # -- identity, content, checks: the one place for each ----------------------
+    def require(self, method: str, layer: str | None, target: str) -> None:
+        """A clear error unless the store holds maps of (method, layer, target)."""
+        self._map_array(method, layer, target)
+
+    def identity(self) -> dict:
+        """Which store this is: path, model, checkpoint (and its SHA-256), data, split, n, created."""
+        a = self.attrs
+        return {"path": str(self.path), "model": a.get("model"), "checkpoint": a.get("checkpoint"),
+                "checkpoint_sha256": a.get("checkpoint_sha256"), "data": a.get("data"), "split": a.get("split"),
+                "n": self.n, "created": a.get("created")}
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the sample arrays and raw maps (what every analysis is derived from)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in ("index", "label", "pred", "confidence", "correct", "logits"):
+            a = np.ascontiguousarray(self.read(f"samples/{name}"))
+            h.update(f"{name}:{a.dtype}:{a.shape}".encode())
+            h.update(a.tobytes())
+        for method in self.methods:
+            for layer in self.layers:
+                for target in self.targets:
+                    path = f"maps/{method}/{layer}/{target}"
+                    arr = self.root[path]
+                    h.update(f"{path}:{arr.dtype}:{arr.shape}".encode())
+                    step = max(1, self.chunk)
+                    for start in range(0, arr.shape[0], step):
+                        h.update(np.ascontiguousarray(self.read(path, slice(start, start + step))).tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict:
+        """What the store holds (``camstat info --json``): provenance, contents, n, accuracy, completeness."""
+        a = self.attrs
+        samples = self.samples
+        done = samples["done"]
+        return {
+            "store": str(self.path), "model": a["model"], "checkpoint": a.get("checkpoint"),
+            "checkpoint_sha256": a.get("checkpoint_sha256"), "data": a["data"], "split": a["split"],
+            "classes": a["classes"], "input_size": a["input_size"], "normalize": a["normalize"],
+            "methods": a["methods"], "layers": a["layers"], "layer_shapes": a["layer_shapes"],
+            "targets": a["targets"], "n": self.n, "done": int(done.sum()), "complete": bool(done.all()),
+            "accuracy": float(samples["correct"][done].mean()) if done.any() else None,
+            "has_masks": self.has_masks, "bad_images": len(a.get("bad_images", [])),
+            "derived": sorted(self.root["derived"].group_keys()) if "derived" in self.root else [],
+            "created": a.get("created"), "command": a.get("command"), "versions": a.get("versions"),
+        }
+
+    def dataset(self):
+        """The store's dataset, rebuilt from its provenance; an error when its images no longer match."""
+        from camstat.data import load_dataset
+
+        a = self.attrs
+        norm = a.get("normalize")
+        ds = load_dataset(a["data"], a["split"], size=tuple(a["input_size"]),
+                          normalize=(tuple(norm[0]), tuple(norm[1])) if norm else None,
+                          limit=a.get("limit"), seed=int(a.get("seed", 0)), intensity=a.get("intensity", "dtype"))
+        index = self.samples["index"]
+        if len(ds) != len(index) or not np.array_equal(np.asarray(ds.index), index):
+            raise CamstatError(
+                f"the images of {a['data']} ({a['split']}) no longer match store {self.path} "
+                f"({len(ds)} vs {len(index)} images, or a different order); rebuild the store with camstat extract")
+        return ds
+
     # -- integrity ---------------------------------------------------------
     def verify(self) -> "Verification":
         """Decode every chunk of every array; what is damaged, and whether the arrays carry checksums."""
@@ -374,7 +439,7 @@ class StoreWriter:
         self.n = int(attrs["n"])
         self.chunk = int(attrs["chunk"])
         self.chunks = chunks if chunks is not None else range(max(1, -(-self.n // self.chunk)))
-        if mode == "new" and _is_store(self.path):
+        if mode == "new" and is_store(self.path):
             raise CamstatError(_exists_message(self.path))
         if self.path.exists() and not self.path.is_dir():
             raise CamstatError(f"{self.path} exists and is not a directory; choose another {spell('--store', 'store')}")
@@ -402,7 +467,7 @@ class StoreWriter:
             raise
 
     def _open_or_create(self, mode: str, num_classes: int, mask_shape) -> None:
-        exists = _is_store(self.path)
+        exists = is_store(self.path)
         if exists and mode == "new":
             raise CamstatError(_exists_message(self.path))
         overwrite = spell("--overwrite", "mode='overwrite'")
@@ -464,7 +529,7 @@ class StoreWriter:
                 for target in self.attrs["targets"]:
                     array(maps.require_group(f"{method}/{layer}"), target, (n, h, w), "float32", ("sample", "y", "x"))
         # Attributes last and in one write (attrs.update writes zarr.json once per key, schema first): a
-        # store without them is not yet a store (see _is_store), one with them is complete.
+        # store without them is not yet a store (see is_store), one with them is complete.
         root.attrs.put({"camstat_schema": SCHEMA_VERSION, **self.attrs})
         derived_mod.consolidate(self.path)
         self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)

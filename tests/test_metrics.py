@@ -296,7 +296,7 @@ def test_pointing_hit_and_energy():
 # --------------------------------------------------------------------------
 
 
-def test_degenerate_maps_give_finite_values_for_every_metric():
+def test_degenerate_maps_give_finite_values_for_every_metric_but_iou():
     h, w = 9, 9
     maps = np.stack([np.zeros((h, w)), np.full((h, w), 0.25), np.ones((h, w)), smooth_maps(1, h, w)[0]])
     refs = np.stack([np.zeros((h, w)), np.zeros((h, w)), np.full((h, w), 0.25), np.zeros((h, w))])
@@ -305,9 +305,37 @@ def test_degenerate_maps_give_finite_values_for_every_metric():
     out = M.per_image_metrics(maps, refs, masks=masks)
     assert set(out) == set(M.PER_IMAGE)
     for name, v in out.items():
-        assert v.shape == (4,) and np.isfinite(v).all(), name
+        assert v.shape == (4,) and np.isfinite(v).all() == (name != "iou"), name
+    # a constant map or reference has no top-q region: NaN (counted, left out), not raster-order pixels
+    assert np.isnan(out["iou"]).all()
     g = M.group_consistency(maps)
-    assert all(np.isfinite(g[k]) for k in ("mean_pairwise_ssim", "mean_pairwise_iou", "com_dispersion"))
+    assert all(np.isfinite(g[k]) for k in ("mean_pairwise_ssim", "com_dispersion"))
+    assert np.isnan(g["mean_pairwise_iou"])  # every pair has a constant map
+
+
+def test_iou_leaves_out_constant_maps_only():
+    maps = smooth_maps(5, 10, 12, seed=3)
+    maps[2] = 0.4
+    ref = smooth_maps(1, 10, 12, seed=4)[0]
+    got = M.iou(maps, ref)
+    assert np.isnan(got[2]) and np.isfinite(np.delete(got, 2)).all()
+    pw = M.pairwise_iou(maps)
+    assert np.isnan(pw[2]).all() and np.isnan(pw[:, 2]).all() and np.isfinite(np.delete(np.delete(pw, 2, 0), 2, 1)).all()
+    g = M.group_consistency(maps, max_pairs_sample=None)
+    keep = np.delete(np.arange(5), 2)
+    iu = np.triu_indices(4, 1)
+    assert g["mean_pairwise_iou"] == pytest.approx(M.pairwise_iou(maps[keep])[iu].mean(), abs=1e-12)
+
+
+def test_top_q_masks_equal_a_stable_argsort_on_tied_maps():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, (200, 6, 7)).astype(float)  # heavy ties at every threshold
+    for q in (0.05, 0.2, 0.5, 1.0):
+        f = x.reshape(200, -1)
+        k = max(1, int(round(q * 42)))
+        want = np.zeros(f.shape, bool)
+        np.put_along_axis(want, np.argsort(-f, axis=1, kind="stable")[:, :k], True, axis=1)
+        np.testing.assert_array_equal(M.top_q_masks(x, q).reshape(200, -1), want)
 
 
 # --------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import pytest
 import zarr
 
 from camstat.cli import main
-from camstat.consistency import analyze
+from camstat.h1 import analyze
 from camstat.compare import compare_runs
 from camstat.errors import CamstatError
 from camstat.extract import extract
-from camstat.report import report
+from camstat.present.report import report
 from camstat.training.config import TrainConfig
 from camstat.training.train import train
 
@@ -415,7 +415,7 @@ def test_by_class_and_cluster_reports(made, tmp_path):
 
 
 def test_formatting():
-    from camstat.report import fmt_ci, fmt_fixed, fmt_p, fmt_sig
+    from camstat.present.text import fmt_ci, fmt_fixed, fmt_p, fmt_sig
 
     assert fmt_p(9.999e-5) == "< 0.0001" and fmt_p(0.00012) == "0.00012" and fmt_p(0.0496) == "0.050"
     assert fmt_p(None) == "-" and fmt_p(float("nan")) == "-" and fmt_p(1.0) == "1.0"

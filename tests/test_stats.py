@@ -148,7 +148,8 @@ def test_class_test_ci_agrees_with_scipy_bootstrap_bca(case):
 def test_class_test_ci_separation_and_determinism():
     res = stats.class_test([5, 6, 7, 8, 9], [1, 2, 3, 4, 4.5], n_boot=300, seed=0)
     assert res.cliffs_delta == 1.0
-    assert res.ci95 == (1.0, 1.0)  # BCa undefined -> percentile, not NaN
+    # complete separation: Newcombe's score bound, not the degenerate bootstrap's [1, 1]
+    assert res.ci95[1] == 1.0 and 0.2 < res.ci95[0] < 0.6
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=40), rng.normal(size=12)
     assert stats.class_test(x, y, seed=7) == stats.class_test(x, y, seed=7)
@@ -305,14 +306,16 @@ def test_stratified_permutation_test_has_power_for_delta_03():
 
 
 def test_logistic_lrt_is_calibrated_under_the_null():
+    # 1,000 data sets (issue 18: 200 in [0.02, 0.09] let an FPR of 0.10 pass
+    # 37 % of the time); now 0.10 passes [0.03, 0.07] with probability < 0.001
     rng = np.random.default_rng(99)
     p = []
-    for _ in range(200):
+    for _ in range(1000):
         v, c, s = _simulate(rng, effect=0.0)
         p.append(stats.logistic_test(v, c, s).p_lrt)
     fpr = float(np.mean(np.array(p) <= 0.05))
-    print(f"logistic LRT FPR over 200 null data sets: {fpr:.3f}")
-    assert 0.02 <= fpr <= 0.09
+    print(f"logistic LRT FPR over 1000 null data sets: {fpr:.3f}")
+    assert 0.03 <= fpr <= 0.07
 
 
 # ---------------------------------------------------------------- logistic model
@@ -430,7 +433,8 @@ def test_paired_test_matches_scipy():
     few = stats.paired_test(a[:5], b[:5])
     assert few.p_wilcoxon is None and "n=5 < 6" in few.note and few.to_dict()["p_wilcoxon"] is None
     zero = stats.paired_test(a, a)
-    assert zero.p_wilcoxon is None and "zero" in zero.note
+    assert zero.p_wilcoxon is None and "zero" in zero.note and np.isnan(zero.p_ttest)
+    assert zero.to_dict()["ci95"] == [None, None]
 
 
 def test_summarize_matches_t_interval():
@@ -511,7 +515,7 @@ def test_h1_analysis_keys_skips_nan_and_json():
         skipped = dict(res["skipped"])
         assert {r["class"] for r in res["per_class"]} | set(skipped) == set(CLASS_NAMES)
         assert skipped["cat"] == "n_incorrect=2 < min_group=5"
-        assert skipped["dog"] == "n_correct=0 < min_group=5; n_incorrect=0 < min_group=5"
+        assert skipped["dog"] == "n_correct=0; n_incorrect=0"  # no images at all
         assert res["pooled"]["p_lrt_given_confidence"] is not None
     ssim = d["ssim"]["pooled"]
     assert ssim["n_nan_dropped"] == 7 and ssim["n"] == correct.size - 7

@@ -20,7 +20,7 @@ import zarr
 
 import camstat
 from camstat import derived
-from camstat.consistency import analyze
+from camstat.h1 import analyze
 from camstat.extract import extract
 
 FORK = multiprocessing.get_context("fork")

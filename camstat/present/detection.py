@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from camstat.detection_stats import risk_coverage  # noqa: E402
-from camstat.report import fmt_ci, fmt_fixed, fmt_p, p_phrase  # noqa: E402
+from camstat.present.text import fmt_ci, fmt_fixed, fmt_p, p_phrase  # noqa: E402
 
 __all__ = ["markdown_section", "risk_coverage_figure", "roc_figure", "tables", "verdict"]
 

@@ -1,7 +1,7 @@
 """Presentation of ``camstat faithfulness`` results: the CLI tables and the MoRF/LeRF curve figure.
 
 Every number shown comes from :meth:`camstat.faithfulness.FaithfulnessResult.to_dict` (the
-``--json`` dict), formatted by :mod:`camstat.report`'s formatters.
+``--json`` dict), formatted by :mod:`camstat.present.text`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from camstat.report import fmt_ci_sig, fmt_p, fmt_sig, method_name
+from camstat.present.text import fmt_ci_sig, fmt_p, fmt_sig, method_name
 
 KIND_STYLE = {"maps": ("-", "the method's maps"), "random": ("--", "random maps"),
               "class_mean": (":", "class-mean map")}
@@ -44,7 +44,7 @@ def curves_figure(d: dict, out: Path, name: str = "fig-faithfulness.png") -> tup
     pixels removed), one panel per method, the baselines drawn dashed (random) and dotted (class mean).
 
     pytorch-grad-cam's percentile p removes ``100 - p`` % of the pixels in both orders. Returns
-    ``(section, file name, caption)`` like :mod:`camstat.figures`.
+    ``(section, file name, caption)`` like :mod:`camstat.present.figures`.
     """
     import matplotlib
 

@@ -1,8 +1,8 @@
 """Report figures (PNG, matplotlib with the headless Agg backend).
 
-Called by :func:`camstat.report.report`; each function returns
+Called by :func:`camstat.present.report.report`; each function returns
 ``(section, file name, caption)`` triples. Annotations (test results, AUCs)
-are formatted from the result records with :mod:`camstat.report`'s
+are formatted from the result records with :mod:`camstat.present.text`
 formatters, so a figure never shows a number the tables don't.
 
 - class-mean maps: per class, the mean map of its correctly classified
@@ -32,16 +32,11 @@ import numpy as np  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from camstat import metrics as metrics_mod  # noqa: E402
+from camstat import references  # noqa: E402
 from camstat.errors import CamstatError  # noqa: E402
-from camstat.report import (  # noqa: E402
-    fmt_ci,
-    fmt_fixed,
-    fmt_p,
-    fmt_sig,
-    method_name,
-    oriented_auc,
-    plural,
-)
+from camstat.metrics import oriented_auc  # noqa: E402
+from camstat.present.tables import primary_metric  # noqa: E402
+from camstat.present.text import fmt_ci, fmt_fixed, fmt_p, fmt_sig, method_name, plural  # noqa: E402
 
 DPI = 110
 CMAP = "jet"
@@ -83,49 +78,22 @@ def _save(fig, path: Path) -> None:
 
 
 def load_images(store) -> tuple[Any, str | None]:
-    """The store's dataset, rebuilt from its attributes (None and the reason when that fails)."""
-    from camstat.data import load_dataset
-
-    a = store.attrs
+    """The store's dataset (:meth:`camstat.store.Store.dataset`); None and the reason when it is not available."""
     try:
-        norm = a.get("normalize")
-        ds = load_dataset(a["data"], a["split"], size=tuple(a["input_size"]),
-                          normalize=(tuple(norm[0]), tuple(norm[1])) if norm else None, limit=a.get("limit"),
-                          seed=int(a.get("seed", 0)))
+        return store.dataset(), None
     except (CamstatError, OSError) as exc:
         return None, f"images not available ({exc}); maps shown alone"
-    if not np.array_equal(np.asarray(ds.index), store.samples["index"]):
-        return None, f"the images of {a['data']} no longer match the store; maps shown alone"
-    return ds, None
 
 
 def class_means(store, method: str, layer: str, target: str, classes: np.ndarray, correct: np.ndarray,
                 n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(means (C, H, W) of the correct min-max maps at the input size, counts, representative image per class).
 
-    Two streamed passes; the representative is the correct image whose map
-    is closest (mean squared difference) to its class mean, -1 if none.
+    Two streamed passes (:mod:`camstat.references`); the representative is the
+    correct image whose map is closest to its class mean, -1 if none.
     """
-    sums = counts = None
-    for sl, maps in store.iter_maps(method, layer, target):
-        s, k = metrics_mod.class_sums(maps, classes[sl], correct[sl], n_classes)
-        sums = s if sums is None else sums + s
-        counts = k if counts is None else counts + k
-    means = metrics_mod.class_means(sums, counts)
-    best = np.full(n_classes, np.inf)
-    rep = np.full(n_classes, -1, dtype=np.int64)
-    for sl, maps in store.iter_maps(method, layer, target):
-        c = classes[sl]
-        ok = correct[sl] & (counts[c] > 0)
-        if not ok.any():
-            continue
-        d = np.full(len(c), np.inf)
-        d[ok] = metrics_mod.dist(maps[ok], means[c[ok]])
-        for j in np.unique(c[ok]):
-            members = np.flatnonzero((c == j) & ok)
-            i = members[np.argmin(d[members])]
-            if d[i] < best[j]:
-                best[j], rep[j] = d[i], sl.start + i
+    means, counts = references.group_means(store.iter_maps(method, layer, target), classes, correct, n_classes)
+    rep = references.representatives(store.iter_maps(method, layer, target), classes, correct, means, counts)
     return means, counts, rep
 
 
@@ -375,13 +343,11 @@ def roc_figure(an, out: Path) -> tuple[str, str, str] | None:
 def analysis_figures(an, out: Path, *, primary: str | None = None, gallery: int = 8,
                      seed: int = 0) -> list[tuple[str, str, str]]:
     """Every figure of one H1 analysis."""
-    from camstat.report import _primary
-
     d = an.d
     images, note = load_images(an.store)
     figs = [class_mean_figure(an, out, images, note)]
     if d["metrics"]:
-        figs.append(gallery_figure(an, out, images, _primary(d, primary), gallery))
+        figs.append(gallery_figure(an, out, images, primary_metric(d, primary), gallery))
         for name in d["metrics"]:
             figs.append(distribution_figure(an, out, name))
         if d["by"] != "class":

@@ -1,0 +1,47 @@
+"""Hypothesis 1 on a store: per-image consistency metrics and their tests (SPEC 3, 4).
+
+``camstat consistency`` is a thin layer over :func:`analyze`, which a
+notebook calls the same way::
+
+    from camstat import open_store
+    from camstat.h1 import analyze
+    result = analyze(open_store("store/test.zarr"), by="correct", permutations=2000)
+    result.to_dict()["metrics"]["dist"]["pooled"]
+
+The modules, in the order an analysis runs them:
+
+* :mod:`~camstat.h1.options` -- every option checked once, against the store.
+* :mod:`~camstat.h1.groups` -- images grouped by class (the prediction by
+  default, ``class_of="label"`` for the true label) or by composition
+  (k-means on 8x8 grayscale thumbnails rebuilt from the store's data);
+  group-level consistency (pairwise SSIM/IoU on a seeded sample of at most
+  ``pair_sample`` maps, exact centre-of-mass dispersion and distance to
+  the group mean).
+* :mod:`~camstat.h1.streaming` -- the per-image metrics against each
+  image's reference: the mean map of the *correct* images of its group,
+  leave-one-out, or another store's class means (``reference=``, e.g. the
+  train split), in two passes over the store's chunks
+  (:mod:`camstat.references` holds the one rule for a group without
+  correct maps: NaN, counted as ``undefined_reference`` and left out of the
+  tests, never silently).
+* :mod:`~camstat.h1.tables` -- :func:`camstat.stats.h1_analysis` per metric
+  (correct vs incorrect within each group and pooled), metric medians for
+  ``by="class"``, and the verdict: the observed direction (by the metric's
+  orientation, :data:`camstat.metrics.PER_IMAGE`) and its significance.
+* :mod:`~camstat.h1.controls` -- correctness permuted within group (the
+  same tests on the same values, and the pipeline rerun with references
+  rebuilt from the shuffled labels), and the randomised-weights sanity
+  check of Adebayo et al. (2018).
+* :mod:`~camstat.h1.analyze` -- :func:`analyze` ties them together and
+  saves the per-image arrays and the result under ``derived/consistency/
+  <method>/<layer>/<target>/<by>`` of the store (primary arrays untouched).
+
+Results hold numbers and flags; every sentence about them is written by
+:mod:`camstat.present`.
+"""
+
+from camstat.h1.analyze import ConsistencyResult, analyze
+from camstat.h1.options import BY, CLASS_OF, CONTROLS, CORRECTIONS, parse_metrics, valid_metrics
+
+__all__ = ["BY", "CLASS_OF", "CONTROLS", "CORRECTIONS", "ConsistencyResult", "analyze", "parse_metrics",
+           "valid_metrics"]

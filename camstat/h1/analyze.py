@@ -1,0 +1,247 @@
+"""The H1 analysis of one store: :func:`analyze` (see :mod:`camstat.h1`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from camstat import references
+from camstat.errors import CamstatError
+from camstat.h1 import controls, groups as grouping, options, tables
+from camstat.h1.streaming import MapStream, Progress, Streamed, stream_metrics
+from camstat.records import jsonable
+from camstat.store import Store
+
+
+@dataclass
+class ConsistencyResult:
+    """What :func:`analyze` found: ``to_dict()`` is the ``--json`` result (SPEC 4 keys)."""
+
+    data: dict
+    values: dict[str, np.ndarray] = field(repr=False)
+    undefined: np.ndarray = field(repr=False)
+    groups: np.ndarray = field(repr=False)
+    controls: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    derived: str | None = None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self.data))
+
+    @property
+    def by(self) -> str:
+        return self.data["by"]
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """SHA-256 over arrays' dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def provenance(store: Store) -> dict:
+    from camstat.provenance import command_line, versions
+
+    a = store.attrs
+    return {"model": a.get("model"), "checkpoint": a.get("checkpoint"),
+            "checkpoint_sha256": a.get("checkpoint_sha256"), "data": a.get("data"), "split": a.get("split"),
+            "store_created": a.get("created"), "command": command_line(), "versions": versions()}
+
+
+def check_reference(ref: Store, store: Store, method: str, layer: str, target: str) -> str:
+    """A clear error unless ``ref`` can give class means for ``store``; the reference's target to read."""
+    if ref.path.resolve() == store.path.resolve():
+        raise CamstatError("--reference is the analysed store itself; leave it out to use leave-one-out references")
+    if ref.classes != store.classes:
+        raise CamstatError(f"reference store {ref.path} has other classes than {store.path}; it must be the same task")
+    for what, have, want in (("method", ref.methods, method), ("layer", ref.layers, layer)):
+        if want not in have:
+            raise CamstatError(f"reference store {ref.path} has no {what} {want!r} (it holds {', '.join(have)})")
+    a, b = ref.attrs, store.attrs
+    if (a.get("data"), a.get("split"), a.get("checkpoint_sha256")) == (b.get("data"), b.get("split"),
+                                                                       b.get("checkpoint_sha256")):
+        raise CamstatError(f"reference store {ref.path} holds the same images and model as {store.path}; its means "
+                           "would contain each image itself; use leave-one-out references (no --reference)")
+    ref.require_complete()
+    # Only correct maps enter the means, and for them pred == true: either target gives the same maps.
+    for alt in (target, "pred", "true"):
+        if alt in ref.targets:
+            return alt
+    raise CamstatError(f"reference store {ref.path} has no target {target!r} (it holds {', '.join(ref.targets)})")
+
+
+def reference_means(ref: Store, spec: MapStream, opts: options.Options, g: grouping.Grouping,
+                    ref_target: str) -> tuple[np.ndarray, dict]:
+    """Group means of the reference store's correct maps, and what to record about them."""
+    ref_spec = MapStream(opts.method, opts.layer, ref_target, opts.size, block=opts.block, progress=spec.progress,
+                         total=spec.total)
+    n_groups = len(g.names)
+    means, counts = references.group_means(ref_spec.iterate(ref), g.ref_groups,
+                                           ref.samples["correct"].astype(bool), n_groups)
+    spec.done = ref_spec.done
+    info = {**ref.identity(), "target": ref_target,
+            "counts": {g.names[j]: int(counts[j]) for j in range(n_groups)},
+            "groups_without_reference": [g.names[j] for j in range(n_groups) if counts[j] == 0],
+            "means_sha256": fingerprint(means)}
+    return means, info
+
+
+def run_controls(s: Store, rnd: Store | None, spec: MapStream, opts: options.Options, g: grouping.Grouping,
+                 correct: np.ndarray, result: dict, values: dict, tabulate, loo: bool
+                 ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """The permuted-labels control and the randomised-weights control: results and per-image arrays."""
+    out: dict[str, Any] = {"permuted": None, "random_weights": None}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    n_groups = len(g.names)
+    if opts.control == "permuted":
+        shuffled = controls.permuted_labels(g.groups, correct, opts.seed)
+        pc = out["permuted"] = {"n_changed": int((shuffled != correct).sum()),
+                                "metrics": tabulate(values, shuffled)}
+        if opts.by != "class":
+            for key, m in pc["metrics"].items():
+                real, ctl = result["metrics"][key]["pooled"].get("statistic"), m["pooled"].get("statistic")
+                m["statistic_over_real"] = (ctl / real) if real and ctl is not None and real == real else None
+        if loo:  # the whole pipeline under the null: references rebuilt from the shuffled labels
+            rebuilt = stream_metrics(s, spec, opts.metrics, g.groups, shuffled, n_groups, q=opts.q,
+                                     masks=opts.needs_masks)
+            arrays["permuted_rebuilt"] = rebuilt.values
+            pc["rebuilt_references"] = {
+                "undefined_reference": int(rebuilt.undefined.sum()),
+                "metrics": controls.artefact(rebuilt.values, shuffled, g.groups, permutations=opts.permutations,
+                                             seed=opts.seed)}
+    if rnd is not None:
+        rnd_run = stream_metrics(rnd, spec, opts.metrics, g.groups, correct, n_groups, q=opts.q,
+                                 masks=opts.needs_masks, group_level=opts.grouped)
+        arrays["random_weights"] = rnd_run.values
+        rc = out["random_weights"] = {
+            "store": rnd.identity(),
+            "metrics": controls.random_control(values, rnd_run.values, correct, g.groups, n_boot=opts.n_boot,
+                                               seed=opts.seed),
+            "undefined_reference": int(rnd_run.undefined.sum()),
+        }
+        if opts.grouped:
+            rc["groups"] = grouping.group_level(rnd, spec, rnd_run, g.groups, None, g.names,
+                                                pair_sample=opts.pair_sample, seed=opts.seed, q=opts.q,
+                                                label=opts.label, subsets=("all",))
+    return out, arrays
+
+
+def record_params(opts: options.Options, reference_info: dict | None, rnd: Store | None) -> dict:
+    return {"method": opts.method, "layer": opts.layer, "target": opts.target, "by": opts.by,
+            "metrics": opts.metrics, "class_of": opts.class_of, "reference": reference_info,
+            "size": list(opts.size), "q": opts.q, "correction": opts.correction,
+            "permutations": opts.permutations, "n_boot": opts.n_boot, "min_group": opts.min_group,
+            "seed": opts.seed, "control": opts.control, "random_store": rnd.identity() if rnd is not None else None,
+            "clusters": opts.clusters if opts.by == "cluster" else None, "pair_sample": opts.pair_sample,
+            "reference_from": "store" if reference_info is not None else "leave-one-out"}
+
+
+def undefined_summary(undefined: np.ndarray, g: grouping.Grouping) -> dict:
+    return {"n": int(undefined.sum()),
+            "per_group": {name: int(undefined[g.groups == j].sum()) for j, name in enumerate(g.names)
+                          if undefined[g.groups == j].any()}}
+
+
+def analyze(store: Store | str | Path, *, method: str | None = None, layer: str | None = None,
+            target: str = "pred", by: str = "correct", metrics: str | Sequence[str] | None = None,
+            class_of: str = "pred", reference: Store | str | Path | None = None,
+            size: int | Sequence[int] | None = None, q: float = 0.2, correction: str = "holm",
+            permutations: int = 10000, n_boot: int = 2000, min_group: int = 5, seed: int = 0,
+            control: str | None = None, random_store: Store | str | Path | None = None, clusters: int = 8,
+            pair_sample: int = 500, save: bool = True, block: int | None = None,
+            progress: Progress | None = None) -> ConsistencyResult:
+    """Consistency metrics and H1 tests of one store (see :mod:`camstat.h1`).
+
+    ``by``: ``correct`` (H1 tests per class and pooled), ``class``
+    (group-level consistency per class, metric medians) or ``cluster``
+    (k-means on image thumbnails, ``clusters`` groups; H1 tests within
+    clusters and group-level consistency per cluster). ``save`` writes the
+    per-image arrays and the result under ``derived/``; ``block`` overrides
+    the number of maps read at a time (default: the store's chunk).
+    ``progress(done, total)`` counts maps read over all passes.
+    """
+    s = options.as_store(store)
+    s.require_complete()
+    opts = options.resolve(s, method=method, layer=layer, target=target, by=by, metrics=metrics,
+                           class_of=class_of, size=size, q=q, correction=correction, permutations=permutations,
+                           n_boot=n_boot, min_group=min_group, seed=seed, control=control, clusters=clusters,
+                           pair_sample=pair_sample, block=block)
+    ref = options.as_store(reference, "reference store") if reference is not None else None
+    ref_target = check_reference(ref, s, opts.method, opts.layer, target) if ref is not None else None
+    rnd = options.as_store(random_store, "random store") if random_store is not None else None
+    if rnd is not None:
+        controls.check_random(rnd, s, opts.method, opts.layer, target)
+    samples = s.samples
+    correct = samples["correct"].astype(bool)
+    confidence = samples["confidence"].astype(np.float64)
+    spec = MapStream(opts.method, opts.layer, opts.target, opts.size, block=block, progress=progress)
+    g = grouping.make_groups(s, ref, opts)
+    passes = (1 if ref is not None and by == "correct" else 2) + (2 if control == "permuted" and ref is None else 0)
+    spec.total = passes * s.n + (ref.n if ref is not None else 0) + (2 * rnd.n if rnd is not None else 0)
+    means, reference_info = reference_means(ref, spec, opts, g, ref_target) if ref is not None else (None, None)
+    main_run = stream_metrics(s, spec, opts.metrics, g.groups, correct, len(g.names), q=opts.q, means=means,
+                              masks=opts.needs_masks, group_level=opts.grouped)
+
+    def tabulate(vals: dict[str, np.ndarray], corr: np.ndarray) -> dict:
+        if opts.by == "class":
+            return tables.median_tables(vals, corr, g.groups, g.names)
+        return tables.h1_tables(vals, corr, g.groups, confidence, g.names, correction=opts.correction,
+                                min_group=opts.min_group, permutations=opts.permutations, n_boot=opts.n_boot,
+                                seed=opts.seed)
+
+    result = h1_result(s, opts, g, main_run, correct, tabulate(main_run.values, correct))
+    result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, result, main_run.values,
+                                                      tabulate, loo=means is None)
+    result.update(params=record_params(opts, reference_info, rnd), store=str(s.path), provenance=provenance(s))
+    result = jsonable(result)
+    derived = None
+    if save:
+        derived = result["derived"] = save_result(s, result, main_run, g.groups if by == "cluster" else None,
+                                                  control_values)
+    return ConsistencyResult(result, main_run.values, main_run.undefined, g.groups, control_values, derived)
+
+
+def h1_result(s: Store, opts: options.Options, g: grouping.Grouping, run: Streamed, correct: np.ndarray,
+              metric_tables: dict) -> dict:
+    """The result's head: what was analysed, the metric tables, group-level consistency and clusters."""
+    result: dict[str, Any] = {
+        "method": opts.method, "layer": opts.layer, "target": opts.target, "by": opts.by,
+        "class_of": opts.class_of, "n": s.n, "accuracy": float(correct.mean()) if s.n else None,
+        "n_correct": int(correct.sum()), "n_incorrect": int((~correct).sum()), "metrics": metric_tables,
+        "undefined_reference": undefined_summary(run.undefined, g),
+    }
+    if opts.grouped:
+        spec = MapStream(opts.method, opts.layer, opts.target, opts.size)
+        result["groups"] = grouping.group_level(s, spec, run, g.groups, correct, g.names,
+                                                pair_sample=opts.pair_sample, seed=opts.seed, q=opts.q,
+                                                label=opts.label)
+    if g.info is not None:
+        result["clusters"] = g.info
+    return result
+
+
+def save_result(s: Store, result: dict, run: Streamed, clusters: np.ndarray | None,
+                control_values: dict[str, dict[str, np.ndarray]]) -> str:
+    """Per-image arrays and the result under ``derived/consistency/...``; primary data untouched.
+
+    The one place an H1 analysis writes into a store.
+    """
+    from camstat.provenance import now
+
+    name = f"consistency/{result['method']}/{result['layer']}/{result['target']}/{result['by']}"
+    arrays = {key: v.astype("float32") for key, v in run.values.items()}
+    arrays["reference_undefined"] = run.undefined.astype(bool)
+    if clusters is not None:
+        arrays["cluster"] = clusters.astype("int64")
+    for cname, vals in control_values.items():
+        arrays.update({f"controls/{cname}/{key}": v.astype("float32") for key, v in vals.items()})
+    # Written whole and swapped in atomically: arrays and attributes always come from one run.
+    return s.write_derived(name, result["params"], arrays, {"created": now(), "result": result})

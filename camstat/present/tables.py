@@ -1,0 +1,329 @@
+"""The tables of a report, one function per table: rows of already formatted cells (:class:`Table`).
+
+Markdown and LaTeX (:mod:`camstat.present.document`) only lay the same
+cells out; every cell is formatted by :mod:`camstat.present.text`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from camstat.metrics import oriented_auc
+from camstat.present.text import (ALPHA, CORRECTION_NAMES, METRIC_PHRASES, finite, fmt_ci, fmt_ci_sig, fmt_fixed,
+                                  fmt_int, fmt_lambda, fmt_p, fmt_sig, group_word, method_name, metric_description, p_phrase,
+                                  no_direction_reason, plural, with_ci)
+
+@dataclass
+class Table:
+    """A table of already formatted cells; ``source`` is the JSON path (in results.json) of its records."""
+
+    key: str
+    source: str
+    caption: str
+    columns: list[str]
+    rows: list[list[str]]
+    align: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.align:
+            self.align = "l" + "r" * (len(self.columns) - 1)
+
+
+# --------------------------------------------------------------------------
+# the tables of an H1 analysis (one function per table)
+# --------------------------------------------------------------------------
+
+
+def analysis_label(d: dict) -> str:
+    return f"{method_name(d['method'])} at layer {d['layer']} (target {d['target']})"
+
+
+def correction_name(d: dict) -> str:
+    return CORRECTION_NAMES.get(d.get("params", {}).get("correction", "holm"), d["params"].get("correction"))
+
+
+def _h1_direction_ok(row: dict, higher: bool | None) -> bool:
+    delta = row.get("cliffs_delta")
+    if higher is None or not finite(delta) or delta == 0:
+        return False
+    return (delta > 0) == bool(higher)
+
+
+def significant_classes(m: dict, alpha: float = ALPHA) -> tuple[int, int]:
+    """(classes whose adjusted p < alpha with the delta in H1's direction, classes tested)."""
+    higher = m.get("higher_is_more_consistent")
+    rows = m.get("per_class", [])
+    k = sum(1 for r in rows if finite(r.get("p_adjusted")) and r["p_adjusted"] < alpha and _h1_direction_ok(r, higher))
+    return k, len(rows)
+
+
+def table_h1_pooled(d: dict, src: str, key: str) -> Table:
+    g = group_word(d)
+    rows = []
+    for name, m in d["metrics"].items():
+        p = m["pooled"]
+        higher = m.get("higher_is_more_consistent")
+        auc, ci = oriented_auc(p.get("auc"), p.get("auc_ci95"), higher)
+        k, n = significant_classes(m)
+        rows.append([
+            name,
+            "-" if higher is None else ("higher" if higher else "lower"),
+            fmt_int(p.get("n")),
+            fmt_fixed(p.get("statistic"), 2, sign=True),
+            fmt_p(p.get("p_permutation")),
+            with_ci(fmt_fixed(p.get("odds_ratio_per_sd"), 2), fmt_ci(p.get("odds_ratio_ci95"))),
+            fmt_p(p.get("p_lrt")),
+            fmt_p(p.get("p_lrt_given_confidence")),
+            with_ci(fmt_fixed(auc, 2), fmt_ci(ci)),
+            f"{k}/{n}",
+        ])
+    corr = correction_name(d)
+    return Table(
+        key=key, source=src,
+        caption=(f"H1, pooled over {plural(g)}: are correctly classified images' {analysis_label(d)} maps more "
+                 f"consistent than misclassified ones'? n = {d['n']} images ({d['n_correct']} correct). "
+                 f"δ: pooled within-{g} Cliff's delta (correct vs incorrect; positive = higher for correct); "
+                 f"p perm: stratified permutation test ({d['params']['permutations']} permutations, correctness "
+                 f"shuffled within {g}); OR/SD: odds ratio of being correct per SD of the metric in "
+                 f"correct ~ metric + C({g}), with its likelihood-ratio p, and p LRT | conf with softmax confidence "
+                 f"as a covariate; AUC: consistency (oriented so that more consistent scores higher) predicting "
+                 f"correctness, bootstrap 95% CI; sig. {plural(g)}: {corr}-adjusted p < {ALPHA} with δ in H1's "
+                 f"direction."),
+        columns=["metric", "more consistent", "n", "δ", "p perm", "OR/SD [95% CI]", "p LRT", "p LRT | conf",
+                 "AUC [95% CI]", f"sig. {plural(g)}"],
+        rows=rows, align="llrrrrrrrr",
+    )
+
+
+def table_h1_per_class(d: dict, name: str, src: str, key: str) -> Table:
+    m = d["metrics"][name]
+    g = group_word(d)
+    higher = m.get("higher_is_more_consistent")
+    rows = [[r["class"], fmt_int(r["n_correct"]), fmt_int(r["n_incorrect"]), fmt_sig(r["median_correct"]),
+             fmt_sig(r["median_incorrect"]), with_ci(fmt_fixed(r["cliffs_delta"], 2, sign=True), fmt_ci(r["ci95"])),
+             fmt_p(r["p_value"]), fmt_p(r["p_adjusted"])] for r in m["per_class"]]
+    notes = []
+    if m.get("skipped"):
+        notes.append("Not tested: " + "; ".join(f"{c} ({why})" for c, why in m["skipped"]) + ".")
+    if m.get("n_undefined"):
+        notes.append(f"{m['n_undefined']} image(s) without a reference map left out.")
+    direction = ("no direction" if higher is None else
+                 f"{'higher' if higher else 'lower'} = more consistent, so H1 predicts δ {'> 0' if higher else '< 0'}")
+    return Table(
+        key=key, source=src,
+        caption=(f"H1 per {g}, {name} ({metric_description(name)}; {direction}), {analysis_label(d)}: "
+                 f"medians of correct and misclassified images, Cliff's delta with bootstrap 95% CI, two-sided "
+                 f"Mann-Whitney U p and {correction_name(d)}-adjusted p (family: all {plural(g)} x metrics)."),
+        columns=[g, "n corr", "n inc", "median corr", "median inc", "δ [95% CI]", "p", "p adj"],
+        rows=rows, notes=notes,
+    )
+
+
+def table_permuted(d: dict, src: str, key: str) -> Table:
+    pc = d["controls"]["permuted"]
+    g = group_word(d)
+    rows = []
+    for name, m in pc["metrics"].items():
+        p = m["pooled"]
+        v = m.get("verdict", {})
+        auc, ci = oriented_auc(p.get("auc"), p.get("auc_ci95"), m.get("higher_is_more_consistent"))
+        k, n = significant_classes(m)
+        rows.append([name, fmt_fixed(p.get("statistic"), 2, sign=True), fmt_p(p.get("p_permutation")),
+                     with_ci(fmt_fixed(auc, 2), fmt_ci(ci)), f"{k}/{n}",
+                     "yes" if v.get("significant") else "no"])
+    return Table(
+        key=key, source=src,
+        caption=(f"Control: correctness labels permuted within each {g} ({pc['n_changed']} of {d['n']} labels "
+                 f"changed), the same tests on the same per-image values ({analysis_label(d)}). H1's effect must "
+                 f"vanish: δ near 0, AUC near 0.5, no significant {g}."),
+        columns=["metric", "δ", "p perm", "AUC [95% CI]", f"sig. {plural(g)}", "p perm < 0.05"],
+        rows=rows,
+    )
+
+
+def table_random(d: dict, src: str, key: str) -> Table:
+    rc = d["controls"]["random_weights"]
+    rows = []
+    for name, m in rc["metrics"].items():
+        higher = m.get("higher_is_more_consistent")
+        auc_t, ci_t = oriented_auc(m.get("auc_trained"), m.get("auc_trained_ci95"), higher)
+        auc_r, ci_r = oriented_auc(m.get("auc_random"), m.get("auc_random_ci95"), higher)
+        pt = m.get("paired_trained_minus_random") or {}
+        rows.append([name, fmt_sig(m.get("median_trained")), fmt_sig(m.get("median_random")),
+                     with_ci(fmt_fixed(auc_t, 2), fmt_ci(ci_t)), with_ci(fmt_fixed(auc_r, 2), fmt_ci(ci_r)),
+                     with_ci(fmt_sig(pt.get("mean_diff")), fmt_ci_sig(pt.get("ci95"))), fmt_p(pt.get("p_wilcoxon"))])
+    return Table(
+        key=key, source=src,
+        caption=(f"Control: randomised weights (Adebayo et al. 2018). The same metrics on the maps of the same "
+                 f"architecture with random weights ({rc['store']['path']}), same images, grouped by the trained "
+                 f"model's predictions. Consistency the random maps share comes from architecture and centre bias, "
+                 f"not learning; their AUC should be near 0.5. Mean diff: trained - random per image, 95% CI, "
+                 f"Wilcoxon signed-rank p. AUCs oriented as in the pooled table."),
+        columns=["metric", "median trained", "median random", "AUC trained", "AUC random", "mean diff [95% CI]",
+                 "p"],
+        rows=rows,
+    )
+
+
+def table_class_medians(d: dict, name: str, src: str, key: str) -> Table:
+    m = d["metrics"][name]
+    g = group_word(d)
+    rows = [[r["class"], fmt_int(r["n"]), fmt_int(r["n_correct"]), fmt_int(r["n_incorrect"]), fmt_sig(r["median"]),
+             fmt_sig(r["median_correct"]), fmt_sig(r["median_incorrect"])] for r in m["per_class"] if r["n"]]
+    return Table(
+        key=key, source=src,
+        caption=f"{name} ({metric_description(name)}) per {g}, {analysis_label(d)}: medians of all, correct and "
+                f"misclassified images.",
+        columns=[g, "n", "n corr", "n inc", "median", "median corr", "median inc"], rows=rows,
+    )
+
+
+def table_groups(d: dict, src: str, key: str) -> Table:
+    g = group_word(d)
+    cols = ("mean_pairwise_ssim", "mean_pairwise_iou", "com_dispersion", "mean_dist_to_mean")
+    rows = []
+    for row in d["groups"]:
+        for subset in ("all", "correct", "incorrect"):
+            s = row.get(subset)
+            if s is None or "mean_pairwise_ssim" not in s:  # fewer than 2 maps: no pairs
+                continue
+            rows.append([row[g], subset, fmt_int(s.get("n")), fmt_int(s.get("n_sampled")),
+                         *(fmt_sig(s.get(c)) for c in cols)])
+    return Table(
+        key=key, source=src,
+        caption=(f"Group-level consistency per {g}, {analysis_label(d)}: mean pairwise SSIM and IoU (over a seeded "
+                 f"sample of at most {d['params']['pair_sample']} maps), dispersion of the centres of mass and mean "
+                 f"distance to the group's mean map (over all maps)."),
+        columns=[g, "subset", "n", "sampled", "pairwise SSIM", "pairwise IoU", "CoM dispersion", "dist to mean"],
+        rows=rows, align="llrrrrrr",
+    )
+
+
+def verdict_sentence(d: dict, name: str) -> str:
+    """One sentence per metric, every number read from the result dict ``d``."""
+    m = d["metrics"][name]
+    p = m["pooled"]
+    higher = m.get("higher_is_more_consistent")
+    g = group_word(d)
+    v = m.get("verdict", {})
+    if higher is None or v.get("direction") in (None, "undefined"):
+        return f"**{name}**: no pooled test possible ({no_direction_reason(higher)})."
+    rows = m.get("per_class", [])
+    deltas = [r["cliffs_delta"] for r in rows if finite(r.get("cliffs_delta"))]
+    stat = p.get("statistic")
+    supported = v.get("direction") == "supported"
+    more, less = METRIC_PHRASES.get(name, ("are more consistent", "are less consistent"))
+    phrase = (more if supported else less).format(g=g)
+    auc, ci = oriented_auc(p.get("auc"), p.get("auc_ci95"), higher)
+    k, n = significant_classes(m)
+    span = (f" (per {g} from {fmt_fixed(min(deltas), 2, sign=True)} to {fmt_fixed(max(deltas), 2, sign=True)})"
+            if len(deltas) > 1 else "")
+    outcome = ("H1 supported" if supported and v.get("significant") else
+               "against H1" if v.get("direction") == "opposite" and v.get("significant") else "not significant")
+    return (f"**{name}** — correct images' maps {phrase}: pooled Cliff's delta "
+            f"{fmt_fixed(stat, 2, sign=True)}{span}; "
+            f"{correction_name(d)}-adjusted p < {ALPHA} in the H1 direction in {k}/{n} {plural(g)}; pooled permutation "
+            f"{p_phrase(p.get('p_permutation'))}; AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}; adds to softmax "
+            f"confidence: LRT {p_phrase(p.get('p_lrt_given_confidence'))}. *{outcome}.*")
+
+
+# --------------------------------------------------------------------------
+# the tables of training runs and of the arm comparison
+# --------------------------------------------------------------------------
+
+
+def table_runs(runs: list[dict], src: str, key: str) -> Table:
+    rows = []
+    for r in runs:
+        f = r.get("final") or {}
+        rows.append([r["name"], fmt_lambda(r.get("lambda")), str(r.get("loss") if r.get("lambda") else "-"),
+                     fmt_int(r.get("seed")), fmt_int(f.get("epoch")), fmt_fixed(f.get("accuracy"), 3),
+                     fmt_sig(f.get("dist_self")), fmt_sig(f.get("ssim_self")), fmt_sig(f.get("loss_cam"))])
+    return Table(
+        key=key, source=src,
+        caption=("Training runs (train-reg), last epoch: held-out accuracy, mean distance (dist) and SSIM of the "
+                 "held-out maps to the run's own class means (correct held-out maps, leave-one-out: the same "
+                 "yardstick for every run), and the CAM loss term in training (none at λ = 0)."),
+        columns=["run", "λ", "loss", "seed", "epochs", "accuracy", "dist", "ssim", "L_cam"], rows=rows,
+        align="lrlrrrrrr",
+    )
+
+
+def table_arms(c: dict, src: str, key: str) -> Table:
+    rows = []
+    for name, arm in c["arms"].items():
+        cells = [name, fmt_int(len(arm["runs"]))]
+        for m, dec in (("accuracy", 3), ("dist", None), ("ssim", None)):
+            s = arm[m]
+            mean = fmt_fixed(s.get("mean"), dec) if dec else fmt_sig(s.get("mean"))
+            sd = (fmt_fixed(s.get("sd"), dec) if dec else fmt_sig(s.get("sd"), 2)) if finite(s.get("sd")) else ""
+            ci = (fmt_ci(s.get("ci95"), dec) if dec else fmt_ci_sig(s.get("ci95")))
+            cells.append(with_ci(f"{mean} ± {sd}" if sd else mean, ci))
+        rows.append(cells)
+    ref = ("each run's own class means (leave-one-out)" if c["reference"] == "self"
+           else f"class means of {c['reference']}")
+    return Table(
+        key=key, source=src,
+        caption=(f"H2, per arm: held-out accuracy and consistency (dist: mean squared distance, ssim: SSIM of each "
+                 f"held-out map to {ref}); mean ± SD over runs (seeds) with t-based 95% CI where there are 2 or "
+                 f"more runs."),
+        columns=["arm", "runs", "accuracy", "dist", "ssim"], rows=rows,
+    )
+
+
+def table_paired(c: dict, src: str, key: str) -> Table:
+    rows = []
+    for m, dec in (("accuracy", 3), ("dist", None), ("ssim", None)):
+        p = c["paired"].get(m) or {}
+        diff = fmt_fixed(p.get("mean_diff"), dec, sign=True) if dec else fmt_sig(p.get("mean_diff"))
+        ci = fmt_ci(p.get("ci95"), dec) if dec else fmt_ci_sig(p.get("ci95"))
+        rows.append([m, fmt_int(p.get("n")), with_ci(diff, ci), fmt_p(p.get("p_ttest")), fmt_p(p.get("p_wilcoxon"))])
+    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m in ("accuracy", "dist", "ssim")
+                               if (c["paired"].get(m) or {}).get("note")))
+    return Table(
+        key=key, source=src,
+        caption=(f"H2, paired by seed: difference {c['paired']['difference']} over {len(c['paired']['pairs'])} "
+                 f"seed pair(s), t-based 95% CI, paired t-test p and Wilcoxon signed-rank p."),
+        columns=["metric", "pairs", "mean diff [95% CI]", "p (t)", "p (Wilcoxon)"], rows=rows, notes=notes,
+    )
+
+
+def table_mcnemar(c: dict, src: str, key: str) -> Table:
+    mc = c["mcnemar"]
+    rows = [[fmt_int(r["seed"]), fmt_int(r["b"]), fmt_int(r["c"]), fmt_p(r["p_value"])] for r in mc["per_pair"]]
+    if mc.get("pooled"):
+        p = mc["pooled"]
+        rows.append([f"pooled ({p['pairs']} pairs)", fmt_int(p["b"]), fmt_int(p["c"]), fmt_p(p["p_value"])])
+    a, b = list(c["arms"])
+    return Table(
+        key=key, source=src,
+        caption=(f"H2, exact McNemar test on per-image correctness of each seed pair: b = images only {a} "
+                 f"classifies correctly, c = images only {b} does; two-sided exact binomial p."),
+        columns=["seed", f"b ({a} only)", f"c ({b} only)", "p"], rows=rows,
+        notes=[mc["pooled"]["note"]] if mc.get("pooled") else [],
+    )
+
+
+def compare_sentence(c: dict) -> str:
+    a, b = list(c["arms"])
+    acc = {n: c["arms"][n]["accuracy"].get("mean") for n in (a, b)}
+    dist = {n: c["arms"][n]["dist"].get("mean") for n in (a, b)}
+    parts = [f"held-out accuracy {a} {fmt_fixed(acc[a], 3)} vs {b} {fmt_fixed(acc[b], 3)}",
+             f"dist {fmt_sig(dist[a])} vs {fmt_sig(dist[b])} (lower = more consistent)"]
+    pa = c["paired"].get("accuracy") or {}
+    if finite(pa.get("p_ttest")):
+        parts.append(f"paired t-test on accuracy {p_phrase(pa['p_ttest'])} over {pa['n']} seeds")
+    else:
+        parts.append(f"no paired test over seeds ({pa.get('note') or 'fewer than 2 seed pairs'})")
+    for r in c["mcnemar"]["per_pair"]:
+        parts.append(f"McNemar (seed {r['seed']}): {r['b']} images only {a} gets right, {r['c']} only {b}, "
+                     f"{p_phrase(r['p_value'])}")
+    return "; ".join(parts) + "."
+
+
+def primary_metric(d: dict, primary: str | None) -> str:
+    """The metric a report leads with: ``primary`` when analysed, else ``dist``, else the first."""
+    if primary and primary in d["metrics"]:
+        return primary
+    return "dist" if "dist" in d["metrics"] else next(iter(d["metrics"]))

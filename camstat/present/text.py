@@ -1,0 +1,220 @@
+"""Every number-to-text conversion and every sentence of camstat's output: the one place.
+
+Tables, report sentences, terminal views and figure annotations all format
+through these functions, so a p-value reads the same everywhere (``< 0.0001``
+below :data:`P_FLOOR`). Results (:mod:`camstat.h1`, :mod:`camstat.compare`)
+hold numbers and flags; the words about them are written here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from camstat import metrics as metrics_mod
+
+ALPHA = 0.05
+P_FLOOR = 1e-4  # p-values below are shown as "< 0.0001"
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_sig(x: Any, digits: int = 3) -> str:
+    """``digits`` significant digits, without exponent for 1e-4 <= |x| < 1e6 (``-`` for missing)."""
+    if not finite(x):
+        return "-"
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    if mag < -4 or mag >= 6:
+        return f"{x:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - mag)
+    text = f"{x:.{decimals}f}"
+    return "0" if float(text) == 0 else text
+
+
+def fmt_fixed(x: Any, decimals: int = 2, sign: bool = False) -> str:
+    """Fixed decimals (``+`` sign when asked); ``-`` for missing."""
+    if not finite(x):
+        return "-"
+    text = f"{x:{'+' if sign else ''}.{decimals}f}"
+    return text.lstrip("+-") if float(text) == 0 else text
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value: two significant digits, ``< 0.0001`` below that; ``-`` for missing."""
+    if not finite(p):
+        return "-"
+    if p < P_FLOOR:
+        return f"< {P_FLOOR:.4f}"
+    if p >= 0.995:
+        return "1.0"
+    return fmt_sig(p, 2)
+
+
+def num(x: Any, spec: str = ".4g") -> str:
+    """A number in a terminal table with a format spec; ``.4g`` is :func:`fmt_sig` with 4 digits."""
+    if spec == ".4g":
+        return fmt_sig(x, 4)
+    return format(x, spec) if finite(x) else "-"
+
+
+def ci(interval: Any, spec: str = ".3f") -> str:
+    """``[lo, hi]`` in a terminal table, each end by :func:`num` (``[-]`` for a missing interval)."""
+    if not interval or len(interval) != 2 or not all(finite(v) for v in interval):
+        return "[-]"
+    return f"[{num(interval[0], spec)}, {num(interval[1], spec)}]"
+
+
+def fmt_ci(ci: Any, decimals: int = 2) -> str:
+    """``[lo, hi]`` with fixed decimals; empty for a missing interval."""
+    if not ci or len(ci) != 2 or not all(finite(v) for v in ci):
+        return ""
+    return f"[{fmt_fixed(ci[0], decimals)}, {fmt_fixed(ci[1], decimals)}]"
+
+
+def fmt_ci_sig(ci: Any, digits: int = 3) -> str:
+    if not ci or len(ci) != 2 or not all(finite(v) for v in ci):
+        return ""
+    return f"[{fmt_sig(ci[0], digits)}, {fmt_sig(ci[1], digits)}]"
+
+
+def with_ci(value: str, ci: str) -> str:
+    return f"{value} {ci}" if ci and value != "-" else value
+
+
+def fmt_lambda(x: Any) -> str:
+    return f"{x:g}" if finite(x) else "0"
+
+
+def fmt_int(x: Any) -> str:
+    return "-" if x is None else str(int(x))
+
+
+def p_phrase(p: Any) -> str:
+    """``p = 0.012`` or ``p < 0.0001`` for sentences."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+CORRECTION_NAMES = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg", "bonferroni": "Bonferroni"}
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM",
+                "layercam": "LayerCAM", "scorecam": "Score-CAM", "eigencam": "Eigen-CAM"}
+
+# What "more consistent" means for each metric, in words: (more, less).
+METRIC_PHRASES = {
+    "dist": ("are closer to the {g} mean map", "are farther from the {g} mean map"),
+    "ssim": ("are more similar (SSIM) to the {g} mean map", "are less similar (SSIM) to the {g} mean map"),
+    "iou": ("overlap more with the {g} mean map's top region", "overlap less with the {g} mean map's top region"),
+    "corr": ("correlate more with the {g} mean map", "correlate less with the {g} mean map"),
+    "com": ("have their centre of mass nearer the {g} mean map's", "have their centre of mass farther from the "
+            "{g} mean map's"),
+    "entropy": ("are more concentrated (lower entropy)", "are more diffuse (higher entropy)"),
+    "spread": ("are narrower (smaller spread)", "are wider (larger spread)"),
+    "pointing": ("peak inside the object more often", "peak inside the object less often"),
+    "energy": ("put more of their mass inside the object", "put less of their mass inside the object"),
+}
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def metric_description(name: str) -> str:
+    info = metrics_mod.PER_IMAGE.get(name)
+    return info.description if info is not None else name
+
+
+
+def plural(word: str) -> str:
+    return word + ("es" if word.endswith("s") else "s")
+
+
+# --------------------------------------------------------------------------
+# sentences about H1 results (the results carry numbers and flags only)
+# --------------------------------------------------------------------------
+
+
+def orientation_text(key: str, higher: bool | None) -> str:
+    """``"lower = more consistent"``, ``"higher = better localised"``, ... for table titles."""
+    if higher is None:
+        return "no direction"
+    return f"{'higher' if higher else 'lower'} = {metrics_mod.FAMILY_LABELS[metrics_mod.family(key)]}"
+
+
+def no_direction_reason(higher: bool | None) -> str:
+    return "no H1 direction: the metric has no better side" if higher is None else "no pooled test possible"
+
+
+def verdict_text(key: str, m: dict, alpha: float = ALPHA) -> str:
+    """One line for a metric's verdict: direction, pooled delta, orientation, significance."""
+    v, pooled, higher = m["verdict"], m["pooled"], m.get("higher_is_more_consistent")
+    stat, p = pooled.get("statistic"), pooled.get("p_permutation")
+    if v["direction"] == "undefined":
+        return no_direction_reason(higher)
+    label = metrics_mod.FAMILY_LABELS[metrics_mod.family(key)]
+    word = label.split()[-1]
+    if word == "localised":
+        phrase = {"supported": "better localised", "opposite": "worse localised", "none": "equally well localised"}
+    else:
+        phrase = {"supported": f"more {word}", "opposite": f"less {word}", "none": f"equally {word}"}
+    return (f"H1 direction {v['direction']}: correct images' maps are {phrase[v['direction']]} than incorrect ones "
+            f"(pooled delta {fmt_fixed(stat, 3, sign=True)}; {orientation_text(key, higher)}); "
+            + (f"significant ({p_phrase(p)} < {alpha})" if v["significant"] else f"not significant ({p_phrase(p)})"))
+
+
+def random_text(key: str, m: dict) -> str:
+    """Trained vs randomised-weights maps of one metric, in words."""
+    higher, diff = m.get("higher_is_more_consistent"), m["paired_trained_minus_random"].get("mean_diff")
+    if higher is None or diff is None:
+        return ""
+    gain = diff if higher else -diff
+    word = metrics_mod.FAMILY_LABELS[metrics_mod.family(key)].split()[-1]
+    return (f"trained maps are {'more' if gain > 0 else 'less'} {word} than random-weight maps (median "
+            f"{fmt_sig(m['median_trained'])} vs {fmt_sig(m['median_random'])}); AUC trained "
+            f"{fmt_fixed(m['auc_trained'], 3)} vs random {fmt_fixed(m['auc_random'], 3)}")
+
+
+def group_word(d: dict) -> str:
+    """What a group of an H1 result is: ``cluster`` or ``class``."""
+    return "cluster" if d.get("by") == "cluster" else "class"
+
+
+def reference_kind(d: dict) -> str:
+    g = group_word(d)
+    if d["params"].get("reference") is not None:
+        return f"{g} means of another store's correct maps"
+    return f"leave-one-out mean of the correct maps of the same {g}"
+
+
+MAPS_TEXT = "min-max analysis maps (pytorch-grad-cam scaling) at the analysis size"
+UNDEFINED_NOTE = ("images without a reference (leave-one-out: the only correct image of their group; --reference: "
+                  "no correct image of their group in the reference store) get NaN for the reference-based "
+                  "metrics and are left out of the tests, with counts")
+
+
+def permuted_note(d: dict) -> str:
+    return (f"correctness shuffled within each {group_word(d)} (seed {d['params']['seed']}) and the same tests run "
+            "on the same per-image values: H1's effect must vanish")
+
+
+REBUILT_NOTE = ("leave-one-out references rebuilt from the shuffled labels (the whole pipeline under the null). "
+                "A correct image's reference lacks the image itself, so in classes whose maps form distinct modes "
+                "it leans away from the image's own mode by 1/n_correct: a small artefact in the direction "
+                "*opposite* to H1 (conservative for H1), largest for small classes")
+
+
+def random_note(d: dict) -> str:
+    return ("Adebayo et al. (2018) sanity check: the same metrics on the randomised-weights model's maps of the "
+            f"same images, grouped by the trained store's {group_word(d)}s and using its correctness (a random "
+            "model's predictions are meaningless); references are leave-one-out within the random store. "
+            "Consistency the random maps share is architecture and centre bias, not learning.")
+
+
+def random_warning(rc: dict) -> str | None:
+    ckpt = rc["store"].get("checkpoint")
+    if not ckpt:
+        return None
+    return (f"the random store was extracted with checkpoint {ckpt}; the sanity check expects randomised weights "
+            "(camstat extract without --checkpoint)")
