@@ -528,15 +528,13 @@ def detect_errors(
 ) -> None:
     """Can CAMs tell when the model is wrong? CAM consistency vs softmax confidence as error detectors."""
     from camstat.detection import detect_errors as run_detect
-    from camstat.present.detection import tables, verdict
+    from camstat.present.detection import render
 
     with progress_bar("detect-errors") as update:
         result = run_detect(store, reference, method=method, layer=layer, metrics=metrics, folds=folds, seed=seed,
                             n_boot=bootstrap, progress=update)
     d = result.to_dict()
-    for t in tables(d):
-        out.print(t)
-    out.print(verdict(d), highlight=False, soft_wrap=True)
+    show(render(d), json_path)
     write_json(json_path, d)
 
 
@@ -587,8 +585,7 @@ def faithfulness(
                                   road_noise=road_noise, seed=seed, jobs=jobs, device=device, batch_size=batch_size,
                                   checkpoint=checkpoint, progress=update)
     d = result.to_dict()
-    for item in render(d):
-        out.print(item)
+    show(render(d), json_path)
     write_json(json_path, d)
 
 

@@ -1,21 +1,22 @@
-"""Terminal view of ``camstat compare`` (numbers to text happen here, not in :mod:`camstat.compare`)."""
+"""Terminal view of ``camstat compare`` (numbers to text happen here, through :mod:`camstat.present.text`)."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
+from camstat.present.text import ci, fmt_p, num
+
 METRIC_LABELS = {"accuracy": "accuracy", "dist": "dist (correct)", "ssim": "ssim (correct)",
                  "entropy": "entropy (correct)", "spread": "spread (correct)"}
 
 
-def _num(v, spec: str = ".4f") -> str:
-    return "-" if v is None or v != v else format(v, spec)
+def _num(v) -> str:
+    return num(v, ".4f")
 
 
 def _ci(s: dict | None) -> str:
-    if not s or s.get("ci95") is None or s["ci95"][0] is None or s["ci95"][0] != s["ci95"][0]:
-        return "-"
-    return f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+    """The t CI of a summary or paired record, 4 decimals."""
+    return ci((s or {}).get("ci95"), ".4f")
 
 
 def arms_table(d: dict) -> Table:
@@ -38,8 +39,8 @@ def paired_table(d: dict) -> Table:
         table.add_column(col, justify="right")
     for m, label in METRIC_LABELS.items():
         r = p.get(m) or {}
-        table.add_row(label, _num(r.get("mean_diff")), _ci(r), _num(r.get("p_signflip"), ".3g"),
-                      _num(r.get("p_ttest"), ".3g"), _num(r.get("p_wilcoxon"), ".3g"))
+        table.add_row(label, _num(r.get("mean_diff")), _ci(r), fmt_p(r.get("p_signflip")),
+                      fmt_p(r.get("p_ttest")), fmt_p(r.get("p_wilcoxon")))
     return table
 
 
@@ -61,8 +62,8 @@ def faithfulness_table(d: dict) -> Table:
         r = d["paired"].get(m) or {}
         cells = [f"{_num(d['arms'][n][m]['mean'])} ± {_num(d['arms'][n][m]['sd'])} ({d['arms'][n][m]['n']} runs)\n"
                  f"{_ci(d['arms'][n][m])}" for n in (a, b)]
-        table.add_row(label, *cells, _num(r.get("mean_diff")), _ci(r), _num(r.get("p_signflip"), ".3g"),
-                      _num(r.get("p_wilcoxon"), ".3g"))
+        table.add_row(label, *cells, _num(r.get("mean_diff")), _ci(r), fmt_p(r.get("p_signflip")),
+                      fmt_p(r.get("p_wilcoxon")))
     return table
 
 
@@ -74,11 +75,11 @@ def mcnemar_table(d: dict) -> Table:
         table.add_column(col, justify="right")
     for row in d["mcnemar"]["per_pair"]:
         table.add_row(f"{a} vs {b}", f"{row['seed_a']} / {row['seed_b']}", str(row["b"]), str(row["c"]),
-                      _num(row["p_value"], ".3g"))
+                      fmt_p(row["p_value"]))
     for name, rows in d["mcnemar"]["within_arm"].items():
         for row in rows:
             table.add_row(f"within {name}", f"{row['seed_a']} / {row['seed_b']}", str(row["b"]), str(row["c"]),
-                          _num(row["p_value"], ".3g"))
+                          fmt_p(row["p_value"]))
     return table
 
 
