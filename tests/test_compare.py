@@ -232,6 +232,25 @@ def test_compare_shows_faithfulness_of_scored_test_stores(scored, tmp_path, caps
         values["reg"]["road_combined"][0])
 
 
+def test_report_shows_faithfulness_per_arm_and_paired(scored, tmp_path):
+    from camstat.present.report import report
+    from camstat.present.text import fmt_sig
+
+    reg, base = scored
+    out = tmp_path / "r"
+    report(reg, out, vs=base, names=["reg", "base"])
+    c = json.loads((out / "results.json").read_text())["compare"]
+    lines = (out / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| arm |"))
+    assert header.endswith("| ROAD combined | ROAD vs random | ROAD vs class mean |")
+    for name in ("reg", "base"):
+        cells = [x.strip() for x in next(line for line in lines if line.startswith(f"| {name} |")).strip("|").split("|")]
+        for cell, m in zip(cells[5:], ("road_combined", "road_vs_random", "road_vs_class_mean")):
+            assert cell.startswith(f"{fmt_sig(c['arms'][name][m]['mean'])} ± "), (cell, m)
+    row = next(line for line in lines if line.startswith("| road_vs_random |"))
+    assert fmt_sig(c["paired"]["road_vs_random"]["mean_diff"]) in row
+
+
 def test_compare_faithfulness_unscored_stale_and_mixed_stores(scored, arms, tmp_path, capsys):
     from camstat.faithfulness import faithfulness
 
