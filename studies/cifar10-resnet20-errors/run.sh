@@ -22,3 +22,8 @@ camstat faithfulness store/c10-r20-test.zarr --method gradcam,gradcam++ --limit 
   --jobs 2 --json $OUT/faithfulness.json
 # README tables, generated from the JSON above
 python $OUT/tables.py $OUT
+# The full report: H1 against the train-split class means, the detect-errors section (same numbers as the JSON
+# above), the faithfulness section of the scored store, figures (ROC, risk-coverage, MoRF/LeRF curves).
+camstat report store/c10-r20-test.zarr --reference store/c10-r20-train.zarr --method gradcam,gradcam++ \
+  --control none --permutations 999 --seed 0 --out $OUT/report \
+  --title "CIFAR-10 ResNet-20: error detection and faithfulness (H1 against train-split class means)"
