@@ -210,7 +210,7 @@ def report(
     seed: int = 0,
     control: bool | str | None = True,
     random_store: str | Path | None = None,
-    clusters: int = 8,
+    clusters: int | str = 8, features: str = "thumbnail", within_class: bool = False,  # --by cluster
     pair_sample: int = 500,
     size: int | None = None,
     q: float = 0.2,
@@ -246,18 +246,14 @@ def report(
     control_name = _control_name(control)
     h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
                       correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group,
-                      seed=seed, control=control_name, clusters=clusters, pair_sample=pair_sample, size=size, q=q)
+                      seed=seed, control=control_name, clusters=clusters, features=features,
+                      within_class=within_class, pair_sample=pair_sample, size=size, q=q)
     analyses, opened, rnd = _analyses(stores, method, random_store, primary, h1_options, say)
     detections = _detections(opened, method, layer, reference, seed, n_boot, say) if reference is not None else []
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
                                "detection": [r.to_dict() for r in detections], "faithfulness": _scored(opened, layer),
-                               "runs": [_read_run(p) for p in [*runs, *vs_runs]], "compare": None}
-    arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
-    if arms is not None:
-        from camstat.compare import compare_runs
-
-        say("comparing arms")
-        results["compare"] = compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
+                               "runs": [_read_run(p) for p in [*runs, *vs_runs]],
+                               "compare": _compare(runs, vs_runs, names, means, say)}
     options = _options(method, h1_options, random_store, vs_runs, means)
     results["provenance"] = _provenance(options, command, opened, rnd, [*runs, *vs_runs])
     results = _jsonable(results)
@@ -312,6 +308,17 @@ def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_
                                    f"({', '.join(d['metrics'])})")
             analyses.append(_Analysis(len(analyses), s, res, d))
     return analyses, opened, rnd
+
+
+def _compare(runs: list[Path], vs_runs: list[Path], names, means, say: Callable[[str], None]) -> dict | None:
+    """``camstat compare`` of the runs' two arms (``--vs``, or runs of exactly two configurations), if any."""
+    arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
+    if arms is None:
+        return None
+    from camstat.compare import compare_runs
+
+    say("comparing arms")
+    return compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
 
 
 def _options(method, h1_options: dict, random_store, vs_runs: list[Path], means) -> dict:
