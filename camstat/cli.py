@@ -85,7 +85,9 @@ MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma list
 ClassOfOpt = Annotated[ClassOf, typer.Option("--class-of", help="Group images by predicted class (pred) or true "
                                              "label (label).")]
 ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="Store whose correct maps give the class "
-                                                      "means (e.g. the train split); default: leave-one-out means.")]
+                                                      "means (e.g. the train split); default: leave-one-out means. "
+                                                      "In report, the same model's train-split store also adds the "
+                                                      "detect-errors section.")]
 CorrectionOpt = Annotated[Correction, typer.Option("--correction", help="Multiplicity over classes x metrics.")]
 PermutationsOpt = Annotated[int, typer.Option("--permutations", help="Permutations of the stratified test (seeded).")]
 BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs (seeded).")]
