@@ -6,8 +6,19 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from camstat.present.tables import Table as Cells
 from camstat.present.text import (ci, class_mix, composition_text, fmt_p, num, orientation_text, random_text,
                                   random_warning, reference_kind, verdict_text)
+
+
+def from_cells(t: Cells) -> Table:
+    """A report table (already formatted cells) as a rich table: its caption the title, the same cells."""
+    table = Table(title=t.caption)
+    for col, align in zip(t.columns, t.align):
+        table.add_column(col, justify="left" if align == "l" else "right")
+    for row in t.rows:
+        table.add_row(*row)
+    return table
 
 
 def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table:
