@@ -105,3 +105,12 @@ def stream_metrics(store: Store, spec: MapStream, names: list[str], groups: np.n
             out.dist_all[sl] = metrics_mod.dist(maps, all_means[g])
             out.dist_own[sl] = metrics_mod.dist(maps, side_means[include[sl].astype(np.int64), g])
     return out
+
+
+def load_maps(store: Store, spec: MapStream) -> np.ndarray:
+    """All analysis maps in memory, (N, H, W) float32: for the tests that need every map at once
+    (the dispersion test's Gram matrices, the null pipeline's rebuilt references)."""
+    out = np.empty((store.n, *spec.size), dtype=np.float32)
+    for sl, maps in spec.iterate(store):
+        out[sl] = maps
+    return out
