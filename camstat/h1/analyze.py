@@ -202,6 +202,8 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     else:
         metric_tables = tables.median_tables(main_run.values, correct, g.groups, g.names)
     result = h1_result(s, opts, g, main_run, correct, metric_tables)
+    result["confidence_baseline"] = (tables.confidence_baseline(confidence, correct, g.groups, n_boot=opts.n_boot,
+                                                                seed=opts.seed) if tested else None)
     maps = load_maps(s, spec) if tested else None
     result["dispersion"] = dispersion(maps, correct, g, opts) if tested else None
     result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, main_run.values, maps,

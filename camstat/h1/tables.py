@@ -91,6 +91,19 @@ def new_pooled(v: np.ndarray, correct: np.ndarray, groups: np.ndarray, logits: n
     return out
 
 
+def confidence_baseline(confidence: np.ndarray, correct: np.ndarray, groups: np.ndarray, *, n_boot: int,
+                        seed: int) -> dict:
+    """The softmax confidence's own within-class and marginal AUC for correctness: the baseline a map metric
+    is read against (Hendrycks & Gimpel 2017)."""
+    ok = np.isfinite(confidence)
+    w = stats.within_class_auc(confidence[ok], correct[ok], groups[ok], n_boot=n_boot,
+                               seed=int(rng(seed, "auc-within", "confidence").integers(2**31)))
+    m = stats.marginal_auc(confidence[ok], correct[ok], n_boot=n_boot,
+                           seed=int(rng(seed, "auc-marginal", "confidence").integers(2**31)))
+    return {"auc_within_class": w.auc_within_class, "auc_within_class_ci95": list(w.auc_within_class_ci95),
+            "auc_marginal": m.auc_marginal, "auc_marginal_ci95": list(m.auc_marginal_ci95), "n": int(ok.sum())}
+
+
 def adjust_within_roles(tables: dict, correction: str) -> None:
     """``pooled.p_adjusted``: secondary, concentration and localisation metrics each adjusted across themselves.
 

@@ -212,6 +212,7 @@ def report(
     primary: str | None = None,
     gallery: int = 8,
     title: str | None = None,
+    null_repeats: int = 200,
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
@@ -224,7 +225,10 @@ def report(
     configurations, :func:`camstat.compare.compare_runs` of the two arms,
     arm A minus arm B). ``random_store`` is the randomised-weights control,
     used for every store it matches (same model, data, split and images).
-    ``primary`` picks the metric the galleries sort by (default ``dist``).
+    ``primary`` is the metric that decides the H1 verdict (default ``dist``),
+    Holm-adjusted across every analysis of the report, and the one the
+    galleries sort by; ``control="permuted"`` runs the whole pipeline under
+    the null ``null_repeats`` times per analysis.
     ``command``: the command line recorded (default: this process's).
     ``progress(message)`` is called at each step. Old ``fig-*.png`` in ``out`` are replaced.
     """
@@ -236,8 +240,9 @@ def report(
     control_name = _control_name(control)
     h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
                       correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group,
-                      seed=seed, control=control_name, clusters=clusters, pair_sample=pair_sample, size=size, q=q)
-    analyses, opened, rnd = _analyses(stores, method, random_store, primary, h1_options, say)
+                      seed=seed, control=control_name if by != "class" else None, clusters=clusters,
+                      pair_sample=pair_sample, size=size, q=q, primary=primary, null_repeats=null_repeats)
+    analyses, opened, rnd = _analyses(stores, method, random_store, h1_options, say)
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
                                "runs": [], "compare": None}
     results["runs"] = [_read_run(p) for p in [*runs, *vs_runs]]
@@ -281,10 +286,12 @@ def _inputs(inputs: Sequence[str | Path], vs: Sequence[str | Path] | None) -> tu
     return stores, runs, vs_runs
 
 
-def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_options: dict,
+def _analyses(stores: list[Path], method, random_store, h1_options: dict,
               say: Callable[[str], None]) -> tuple[list[_Analysis], list, Any]:
-    """The H1 analysis of every (store, method); everything is checked before the long work."""
+    """The H1 analysis of every (store, method), with one verdict family over all of them (the primary
+    metric's p Holm-adjusted across the report's analyses); everything is checked before the long work."""
     from camstat.h1 import analyze
+    from camstat.h1.verdicts import primary_verdicts
     from camstat.store import open_store
 
     opened = [open_store(p) for p in stores]
@@ -299,11 +306,8 @@ def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_
         for m in methods:
             say(f"H1 analysis of {s.path} ({m})")
             res = analyze(s, method=m, random_store=rnd if match else None, **h1_options)
-            d = res.to_dict()
-            if primary and d["metrics"] and primary not in d["metrics"]:
-                raise CamstatError(f"--primary {primary!r} is not among the analysed metrics "
-                                   f"({', '.join(d['metrics'])})")
-            analyses.append(_Analysis(len(analyses), s, res, d))
+            analyses.append(_Analysis(len(analyses), s, res, res.to_dict()))
+    primary_verdicts([an.d for an in analyses], correction=h1_options["correction"])
     return analyses, opened, rnd
 
 
