@@ -13,7 +13,7 @@ import numpy as np
 from camstat import references
 from camstat.errors import CamstatError
 from camstat.h1 import controls, groups as grouping, options, tables, verdicts
-from camstat.h1.streaming import MapStream, Progress, Streamed, load_maps, stream_metrics
+from camstat.h1.streaming import MapStream, Progress, Streamed, stream_metrics
 from camstat.records import jsonable
 from camstat.store import Store
 
@@ -189,11 +189,11 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     spec = MapStream(opts.method, opts.layer, opts.target, opts.size, block=block, progress=progress)
     g = grouping.make_groups(s, ref, opts)
     tested = opts.by != "class"
-    passes = (1 if ref is not None and by == "correct" else 2) + (1 if tested else 0)
+    passes = 1 if ref is not None and by == "correct" else 2
     spec.total = passes * s.n + (ref.n if ref is not None else 0) + (2 * rnd.n if rnd is not None else 0)
     means, reference_info = reference_means(ref, spec, opts, g, ref_target) if ref is not None else (None, None)
     main_run = stream_metrics(s, spec, opts.metrics, g.groups, correct, len(g.names), q=opts.q, means=means,
-                              masks=opts.needs_masks, group_level=opts.grouped)
+                              masks=opts.needs_masks, group_level=opts.grouped, keep_maps=tested)
     if tested:
         metric_tables = tables.h1_tables(main_run.values, correct, g.groups, confidence, logits, g.names,
                                          primary=opts.primary, correction=opts.correction,
@@ -204,11 +204,10 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     result = h1_result(s, opts, g, main_run, correct, metric_tables)
     result["confidence_baseline"] = (tables.confidence_baseline(confidence, correct, g.groups, n_boot=opts.n_boot,
                                                                 seed=opts.seed) if tested else None)
-    maps = load_maps(s, spec) if tested else None
-    result["dispersion"] = dispersion(maps, correct, g, opts) if tested else None
-    result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, main_run.values, maps,
-                                                      loo=means is None)
-    del maps
+    result["dispersion"] = dispersion(main_run.maps, correct, g, opts) if tested else None
+    result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, main_run.values,
+                                                      main_run.maps, loo=means is None)
+    main_run.maps = None  # (N, H, W): not kept with the result
     result.update(params=record_params(opts, reference_info, rnd), store=str(s.path), provenance=provenance(s))
     result = jsonable(result)
     verdicts.primary_verdicts([result], alpha=options.ALPHA, correction=opts.correction)
