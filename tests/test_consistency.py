@@ -367,3 +367,40 @@ def test_cli(stores, tmp_path, capsys):
     assert "not a camstat store" in capsys.readouterr().err
     assert main(["consistency", path, "--control", "shuffle"]) == 2
     assert main(["consistency", path, "--class-of", "true"]) == 2
+
+
+def _plant_null(path: Path, seed: int) -> None:
+    """Maps independent of correctness: each image's map is its class prototype at a random strength plus noise."""
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="r+")
+    pred = root["samples/pred"][:]
+    strength = rng.uniform(0.2, 1.0, pred.size).astype(np.float32)
+    noise = rng.random((pred.size, 8, 8)).astype(np.float32)
+    protos = np.stack([_prototype(int(c)) for c in pred])
+    root["maps/gradcam/features/pred"][:] = strength[:, None, None] * protos + 0.6 * noise
+
+
+def test_null_pipeline_rejects_near_alpha_on_null_data(stores):
+    """--control permuted: on maps unrelated to correctness the whole pipeline rejects in about alpha of repeats;
+    on the planted effect's maps it is the leave-one-out asymmetry (correct images' references lack the image)
+    that the rebuilt references show, in the direction against H1, which the control exists to catch."""
+    null = stores["tmp"] / "null.zarr"
+    if not null.exists():
+        shutil.copytree(stores["main"], null)
+        _plant_null(null, seed=5)
+    d = analyze(null, metrics="dist,ssim,corr,entropy", control="permuted", null_repeats=300, save=False,
+                seed=2, permutations=199, n_boot=100).to_dict()
+    npl = d["controls"]["null_pipeline"]
+    for key, m in npl["metrics"].items():
+        assert m["n_tests"] == 300
+        assert 0.02 <= m["rejection_rate"] <= 0.09, (key, m["rejection_rate"])
+        assert 0.45 < m["auc_within_class_quantiles"][1] < 0.55
+    assert not d["verdict"]["supported"]
+    # the planted effect's maps: correct maps form a tight mode, so under shuffled labels the leave-one-out
+    # reference of a correct-labelled image leans away from its own mode and the null rejections pile up on
+    # the side *against* H1 (AUC below 0.5), far above alpha
+    e = analyze(stores["main"], metrics="dist", control="permuted", null_repeats=100, save=False, seed=2,
+                permutations=99, n_boot=0).to_dict()
+    m = e["controls"]["null_pipeline"]["metrics"]["dist"]
+    assert m["rejection_rate"] > 0.2 and m["auc_within_class_quantiles"][1] < 0.5
+    assert m["rejection_near_alpha"] is False
