@@ -138,7 +138,8 @@ def record_params(opts: options.Options, reference_info: dict | None, rnd: Store
             "metrics": opts.metrics, "class_of": opts.class_of, "reference": reference_info,
             "size": list(opts.size), "q": opts.q, "correction": opts.correction,
             "permutations": opts.permutations, "n_boot": opts.n_boot, "min_group": opts.min_group,
-            "seed": opts.seed, "control": opts.control, "primary": opts.primary, "null_repeats": opts.null_repeats, "random_store": rnd.identity() if rnd is not None else None,
+            "seed": opts.seed, "control": opts.control, "primary": opts.primary, "null_repeats": opts.null_repeats,
+            "random_store": rnd.identity() if rnd is not None else None,
             "clusters": opts.clusters if opts.by == "cluster" else None, "pair_sample": opts.pair_sample,
             "reference_from": "store" if reference_info is not None else "leave-one-out"}
 
@@ -223,7 +224,8 @@ def h1_result(s: Store, opts: options.Options, g: grouping.Grouping, run: Stream
     """The result's head: what was analysed, the metric tables, group-level consistency and clusters."""
     result: dict[str, Any] = {
         "method": opts.method, "layer": opts.layer, "target": opts.target, "by": opts.by,
-        "class_of": opts.class_of, "primary": opts.primary, "n": s.n, "accuracy": float(correct.mean()) if s.n else None,
+        "class_of": opts.class_of, "primary": opts.primary, "n": s.n,
+        "accuracy": float(correct.mean()) if s.n else None,
         "n_correct": int(correct.sum()), "n_incorrect": int((~correct).sum()), "metrics": metric_tables,
         "undefined_reference": undefined_summary(run.undefined, g),
     }

@@ -183,7 +183,8 @@ def _compose_analysis(doc: Document, an, figs: list[tuple[str, str]]) -> None:
                  f"{ALPHA} *and* its within-{g} AUC CI above 0.5.")
         cb = d.get("confidence_baseline")
         if cb:
-            doc.para(f"Baseline: softmax confidence alone has within-{g} AUC {fmt_fixed(cb.get('auc_within_class'), 3)} "
+            doc.para(f"Baseline: softmax confidence alone has within-{g} AUC "
+                     f"{fmt_fixed(cb.get('auc_within_class'), 3)} "
                      f"{fmt_ci(cb.get('auc_within_class_ci95'), 3)} (marginal {fmt_fixed(cb.get('auc_marginal'), 3)}).")
         for role_name, title in (("primary", None), ("secondary", "Secondary consistency metrics"),
                                  ("concentration", "Are correct maps narrower? (concentration; never counted for or "
@@ -210,10 +211,10 @@ def _compose_analysis(doc: Document, an, figs: list[tuple[str, str]]) -> None:
         if (npl and "metrics" in npl) or ctl.get("random_weights"):
             doc.heading(3, "Controls")
         if npl and "metrics" in npl:
-            near = [k for k, m in npl["metrics"].items() if m.get("rejection_near_alpha")]
+            far = [k for k, m in npl["metrics"].items() if not m.get("rejection_near_alpha")]
             doc.para(f"*Whole pipeline under the null*: {null_pipeline_note(d)}. The rejection rate's 95% CI includes "
-                     f"{npl['alpha']} for {len(near)}/{len(npl['metrics'])} metrics"
-                     f"{' (' + ', '.join(k for k in npl['metrics'] if k not in near) + ' not)' if len(near) < len(npl['metrics']) else ''}.")
+                     f"{npl['alpha']} for {len(npl['metrics']) - len(far)}/{len(npl['metrics'])} metrics"
+                     + (f" (not for {', '.join(far)})." if far else "."))
             doc.table(table_null_pipeline(d, f"{src}.controls.null_pipeline.metrics", f"{an.slug}-null"))
         elif npl:
             doc.para("*Whole pipeline under the null*: not run, the references come from another store and do not "

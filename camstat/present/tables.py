@@ -147,7 +147,7 @@ def table_null_pipeline(d: dict, src: str, key: str) -> Table:
                  f"pooled test rerun (van Elteren's stratified Wilcoxon test, normal approximation). Rejection rate "
                  f"at alpha = {np_['alpha']} with its exact 95% CI over the repeats (must be near {np_['alpha']}); "
                  f"quantiles ({levels}) of the pooled δ and of the within-{g} AUC under the null."),
-        columns=["metric", "repeats", f"rejection rate at {np_['alpha']} [95% CI]", f"δ quantiles",
+        columns=["metric", "repeats", f"rejection rate at {np_['alpha']} [95% CI]", "δ quantiles",
                  f"AUC within {g} quantiles"],
         rows=rows, notes=[f"Not rerun (they need no reference): {', '.join(left)}."] if left else [],
     )
@@ -255,13 +255,15 @@ def verdict_sentence(d: dict, name: str) -> str:
               "inconclusive": "no difference shown"}[f["outcome"]]
     k, n = significant_classes(m)
     fam = "the primary analyses" if m.get("role") == "primary" else f"the {m.get('role')} metrics"
+    odds = with_ci(fmt_fixed(p.get("odds_ratio_per_sd_given_confidence"), 2),
+                   fmt_ci(p.get("odds_ratio_ci95_given_confidence")))
+    outcome = outcome_text(name, m)
     return (f"**{name}** ({m.get('role')}) — {phrase}: {auc_w_text(p)}; pooled Cliff's delta "
             f"{fmt_fixed(p.get('statistic'), 2, sign=True)}; permutation {p_phrase(p.get('p_permutation'))}, "
             f"{correction_name(d)}-adjusted over {fam} {p_phrase(p.get('p_adjusted'))}; per {g}: adjusted p < {ALPHA} "
-            f"in H1's direction in {k}/{n} {plural(g)}; odds ratio per SD given confidence "
-            f"{with_ci(fmt_fixed(p.get('odds_ratio_per_sd_given_confidence'), 2), fmt_ci(p.get('odds_ratio_ci95_given_confidence')))} "
+            f"in H1's direction in {k}/{n} {plural(g)}; odds ratio per SD given confidence {odds} "
             f"(LRT {p_phrase(p.get('p_lrt_given_confidence'))}); marginal AUC {fmt_fixed(p.get('auc_marginal'), 2)}. "
-            f"*{outcome_text(name, m)[:1].upper() + outcome_text(name, m)[1:]}.*")
+            f"*{outcome[:1].upper() + outcome[1:]}.*")
 
 
 # --------------------------------------------------------------------------

@@ -163,7 +163,8 @@ def better_word(key: str) -> str:
 
 def auc_w_text(pooled: dict) -> str:
     """``within-class AUC 0.61 [0.59, 0.63]``: the headline effect size."""
-    return f"within-class AUC {fmt_fixed(pooled.get('auc_within_class'), 2)} {fmt_ci(pooled.get('auc_within_class_ci95'))}".rstrip()
+    auc, ci = pooled.get("auc_within_class"), pooled.get("auc_within_class_ci95")
+    return f"within-class AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}".rstrip()
 
 
 def outcome_text(key: str, m: dict) -> str:
@@ -184,7 +185,8 @@ def verdict_text(key: str, m: dict, alpha: float = ALPHA) -> str:
     if (m.get("finding") or {}).get("outcome", "undefined") == "undefined":
         return no_direction_reason(m.get("higher_is_more_consistent"))
     return (f"{ROLE_QUESTIONS.get(m.get('role'), 'H1')}: {auc_w_text(p)}, pooled delta "
-            f"{fmt_fixed(p.get('statistic'), 3, sign=True)} ({orientation_text(key, m.get('higher_is_more_consistent'))}), "
+            f"{fmt_fixed(p.get('statistic'), 3, sign=True)} "
+            f"({orientation_text(key, m.get('higher_is_more_consistent'))}), "
             f"adjusted {p_phrase(p.get('p_adjusted'))}: {outcome_text(key, m)}")
 
 
@@ -197,7 +199,8 @@ def verdict_headline(d: dict) -> str:
     over = f" over {fam} primary analyses" if fam > 1 else ""
     corr = CORRECTION_NAMES.get(v.get("correction"), v.get("correction"))
     head = (f"primary metric {v['primary']}: within-class AUC {fmt_fixed(v.get('auc_within_class'), 2)} "
-            f"{fmt_ci(v.get('auc_within_class_ci95'))}, {corr}-adjusted permutation {p_phrase(v.get('p_adjusted'))}{over}")
+            f"{fmt_ci(v.get('auc_within_class_ci95'))}, {corr}-adjusted permutation "
+            f"{p_phrase(v.get('p_adjusted'))}{over}")
     if v.get("supported"):
         return f"H1 supported ({head})"
     lo_hi = v.get("auc_within_class_ci95") or [None, None]
@@ -231,7 +234,8 @@ def random_text(key: str, m: dict) -> str:
     word = metrics_mod.FAMILY_LABELS[metrics_mod.family(key)].split()[-1]
     return (f"trained maps are {'more' if gain > 0 else 'less'} {word} than random-weight maps (median "
             f"{fmt_sig(m['median_trained'])} vs {fmt_sig(m['median_random'])}); within-class AUC trained "
-            f"{fmt_fixed(m.get('auc_within_class_trained'), 3)} vs random {fmt_fixed(m.get('auc_within_class_random'), 3)}")
+            f"{fmt_fixed(m.get('auc_within_class_trained'), 3)} vs random "
+            f"{fmt_fixed(m.get('auc_within_class_random'), 3)}")
 
 
 def group_word(d: dict) -> str:
