@@ -404,3 +404,27 @@ def test_null_pipeline_rejects_near_alpha_on_null_data(stores):
     m = e["controls"]["null_pipeline"]["metrics"]["dist"]
     assert m["rejection_rate"] > 0.2 and m["auc_within_class_quantiles"][1] < 0.5
     assert m["rejection_near_alpha"] is False
+
+
+def test_primary_verdicts_adjust_across_the_commands_analyses():
+    """Holm across the primary metric's analyses (methods x layers x targets), then the CI rule, per analysis."""
+    from camstat.h1.verdicts import primary_verdicts
+
+    def result(method: str, p: float, auc: float, ci: list) -> dict:
+        pooled = {"p_permutation": p, "auc_within_class": auc, "auc_within_class_ci95": ci}
+        return {"method": method, "layer": "l", "target": "pred", "primary": "dist", "params": {"correction": "holm"},
+                "metrics": {"dist": {"pooled": pooled, "higher_is_more_consistent": False}}}
+
+    a, b, c = result("a", 0.02, 0.60, [0.55, 0.65]), result("b", 0.03, 0.58, [0.51, 0.64]), result(
+        "c", 0.001, 0.45, [0.40, 0.49])
+    by_class = {"method": "d", "primary": None, "metrics": {}}
+    primary_verdicts([a, b, c, by_class])
+    # Holm over three: 0.001 * 3, 0.02 * 2, 0.03 * 1
+    assert [d["verdict"]["p_adjusted"] for d in (a, b, c)] == pytest.approx([0.04, 0.04, 0.003])
+    assert a["verdict"]["supported"] and b["verdict"]["supported"]
+    assert not c["verdict"]["supported"] and c["verdict"]["significant"]  # significant, but CI below 0.5
+    assert c["metrics"]["dist"]["finding"]["outcome"] == "worse"
+    assert a["verdict"]["family_size"] == 3 and by_class["verdict"] is None
+    assert a["metrics"]["dist"]["pooled"]["p_adjusted"] == a["verdict"]["p_adjusted"]
+    primary_verdicts([a])  # alone, the same analysis keeps its own p
+    assert a["verdict"]["p_adjusted"] == 0.02 and a["verdict"]["family_size"] == 1
