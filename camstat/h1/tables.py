@@ -85,9 +85,10 @@ def new_pooled(v: np.ndarray, correct: np.ndarray, groups: np.ndarray, logits: n
         return out
     c = stats.confidence_adjusted_test(v, y, g, logits[ok], higher_is_more_consistent=higher)
     cd = c.to_dict()
-    out.update({k: cd.pop(k) for k in ("odds_ratio_per_sd_given_confidence", "odds_ratio_ci95_given_confidence",
-                                       "p_lrt_given_confidence")})
-    out["given_confidence"] = cd  # the SD the odds ratio is per, spline df, n, dropped classes, note
+    out.update({k: cd[k] for k in ("odds_ratio_per_sd_given_confidence", "odds_ratio_ci95_given_confidence",
+                                   "p_lrt_given_confidence")})
+    # the SD the odds ratio is per (kind and value), the spline's df, n and dropped classes; words are present/'s
+    out["given_confidence"] = {k: cd[k] for k in ("sd", "sd_kind", "spline_df", "n", "dropped_strata")}
     return out
 
 
