@@ -87,13 +87,13 @@ ClustersOpt = Annotated[int, typer.Option("--clusters", help="k of k-means for -
 PairSampleOpt = Annotated[int, typer.Option("--pair-sample", help="At most this many maps per group for pairwise "
                                             "group-level metrics (seeded sample).")]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Analysis size in pixels (default: the store's "
+                                                "input size).")]
+QOpt = Annotated[float, typer.Option("--q", help="Top fraction of pixels for the IoU masks.")]
 PrimaryOpt = Annotated[Optional[str], typer.Option("--primary", help="Consistency metric that decides the H1 verdict "
                                                    "(default: dist), Holm-adjusted across the command's analyses; the "
                                                    "other consistency metrics are secondary.")]
 NullRepeatsOpt = Annotated[int, typer.Option("--null-repeats", help="Repeats of the whole pipeline under the null "
                                              "for --control permuted (seeded).")]
-                                                "input size).")]
-QOpt = Annotated[float, typer.Option("--q", help="Top fraction of pixels for the IoU masks.")]
 
 
 def human(json_path: Optional[Path]) -> Console:

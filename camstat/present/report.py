@@ -225,27 +225,22 @@ def report(
     configurations, :func:`camstat.compare.compare_runs` of the two arms,
     arm A minus arm B). ``random_store`` is the randomised-weights control,
     used for every store it matches (same model, data, split and images).
-    ``primary`` is the metric that decides the H1 verdict (default ``dist``),
-    Holm-adjusted across every analysis of the report, and the one the
-    galleries sort by; ``control="permuted"`` runs the whole pipeline under
-    the null ``null_repeats`` times per analysis.
-    ``command``: the command line recorded (default: this process's).
+    ``primary``: the metric deciding the H1 verdict (default ``dist``; Holm across the report's analyses) and
+    sorting the galleries. ``command``: the command line recorded (default: this process's).
     ``progress(message)`` is called at each step. Old ``fig-*.png`` in ``out`` are replaced.
     """
-    start = time.perf_counter()
-    say = progress or (lambda msg: None)
+    start, say = time.perf_counter(), progress or (lambda msg: None)
     if gallery < 1:
         raise CamstatError(f"--gallery must be at least 1, got {gallery}")
     stores, runs, vs_runs = _inputs(inputs, vs)
     control_name = _control_name(control)
     h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
-                      correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group,
-                      seed=seed, control=control_name if by != "class" else None, clusters=clusters,
-                      pair_sample=pair_sample, size=size, q=q, primary=primary, null_repeats=null_repeats)
+                      correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group, seed=seed,
+                      control=control_name if by != "class" else None, null_repeats=null_repeats, clusters=clusters,
+                      pair_sample=pair_sample, size=size, q=q, primary=primary)
     analyses, opened, rnd = _analyses(stores, method, random_store, h1_options, say)
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
-                               "runs": [], "compare": None}
-    results["runs"] = [_read_run(p) for p in [*runs, *vs_runs]]
+                               "runs": [_read_run(p) for p in [*runs, *vs_runs]], "compare": None}
     arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
     if arms is not None:
         from camstat.compare import compare_runs
