@@ -258,10 +258,11 @@ def verdict_sentence(d: dict, name: str) -> str:
     odds = with_ci(fmt_fixed(p.get("odds_ratio_per_sd_given_confidence"), 2),
                    fmt_ci(p.get("odds_ratio_ci95_given_confidence")))
     outcome = outcome_text(name, m)
+    way = "in H1's direction" if m.get("role") in ("primary", "secondary") else "with correct maps better"
     return (f"**{name}** ({m.get('role')}) — {phrase}: {auc_w_text(p)}; pooled Cliff's delta "
             f"{fmt_fixed(p.get('statistic'), 2, sign=True)}; permutation {p_phrase(p.get('p_permutation'))}, "
             f"{correction_name(d)}-adjusted over {fam} {p_phrase(p.get('p_adjusted'))}; per {g}: adjusted p < {ALPHA} "
-            f"in H1's direction in {k}/{n} {plural(g)}; odds ratio per SD given confidence {odds} "
+            f"{way} in {k}/{n} {plural(g)}; odds ratio per SD given confidence {odds} "
             f"(LRT {p_phrase(p.get('p_lrt_given_confidence'))}); marginal AUC {fmt_fixed(p.get('auc_marginal'), 2)}. "
             f"*{outcome[:1].upper() + outcome[1:]}.*")
 
