@@ -4,7 +4,7 @@ A README number is written ``[0.612](results.json "consistency[0].metrics.dist.p
 it renders as a link to the results with the path as its title. This test reads each such number back from
 ``results.json`` (equal as printed, to half the last digit; ``< 0.0001`` means the value is below it) and
 fails on any decimal number in the prose that is not such a link (code blocks and inline code aside:
-commands, not results).
+commands, not results; and the verdict rule's two constants, alpha 0.05 and the chance AUC 0.5).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ["studies/cifar10-resnet20-h1", "studies/demo"]
 LINK = re.compile(r"\[(<\s*)?([+-]?\d+(?:\.\d+)?)\]\(results\.json \"([^\"]+)\"\)")
 DECIMAL = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")
+RULE_CONSTANTS = {"0.05", "0.5"}  # SPEC 4's alpha and the AUC of chance, not results
 
 
 def resolve(results: dict, path: str):
@@ -51,7 +52,7 @@ def check(readme: Path) -> int:
             continue
         decimals = len(shown.split(".")[1]) if "." in shown else 0
         assert abs(value - float(shown)) <= 0.5 * 10.0 ** -decimals * (1 + 1e-9), (path, value, shown)
-    bare = DECIMAL.findall(prose(text))
+    bare = [x for x in DECIMAL.findall(prose(text)) if x not in RULE_CONSTANTS]
     assert not bare, f"{readme}: numbers not read from results.json: {bare}"
     return len(links)
 
@@ -67,6 +68,8 @@ def test_the_check_bites(tmp_path):
     good = tmp_path / "README.md"
     good.write_text('AUC [0.61](results.json "a[0].b"), p [< 0.0001](results.json "p"); `--q 0.2` is a command.\n')
     assert check(good) == 2
+    good.write_text('AUC [0.61](results.json "a[0].b") above 0.5 and p below 0.05.\n')
+    assert check(good) == 1
     for bad in ('AUC [0.62](results.json "a[0].b")', 'AUC 0.61 unlinked', 'p [< 0.00001](results.json "p")'):
         good.write_text(bad + "\n")
         with pytest.raises(AssertionError):
