@@ -18,11 +18,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from camstat.composition import FEATURES
+from camstat.data import with_class_names
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
                                       render_train)
 from camstat.records import jsonable
+from camstat.sweep import EMITS
+from camstat.training.config import CHOICES as TRAIN_CHOICES
 
 # Newer Typer vendors click: reach its exception base through a public class.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -58,6 +62,15 @@ OnBadImage = _choices("OnBadImage", ("skip", "fail"))
 Control = _choices("Control", ("permuted", "none"))
 Split = _choices("Split", ("train", "val", "test"))
 Intensity = _choices("Intensity", ("dtype", "minmax"))
+Loss = _choices("Loss", TRAIN_CHOICES["loss"])
+Cam = _choices("Cam", TRAIN_CHOICES["cam"])
+Schedule = _choices("Schedule", TRAIN_CHOICES["schedule"])
+MeansUpdate = _choices("MeansUpdate", TRAIN_CHOICES["means_update"])
+Optimizer = _choices("Optimizer", TRAIN_CHOICES["optimizer"])
+LrSchedule = _choices("LrSchedule", TRAIN_CHOICES["lr_schedule"])
+EvalSplit = _choices("EvalSplit", TRAIN_CHOICES["eval_split"])
+Emit = _choices("Emit", EMITS)
+Features = _choices("Features", FEATURES)
 
 
 # Options shared by `consistency` and `report` (and new H1 commands): declared once, defaults in the signature.
@@ -83,7 +96,13 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seeds permutations, bootst
 RandomStoreOpt = Annotated[Optional[Path], typer.Option("--random-store", help="Store of the same architecture and "
                                                         "images with randomised weights (extract without "
                                                         "--checkpoint): Adebayo et al. sanity check.")]
-ClustersOpt = Annotated[int, typer.Option("--clusters", help="k of k-means for --by cluster.")]
+ClustersOpt = Annotated[str, typer.Option("--clusters", help="--by cluster: K of k-means, or auto (the K of 2..10 "
+                                           "with the best mean silhouette).")]
+FeaturesOpt = Annotated[Features, typer.Option("--features", help="--by cluster: what composition means: thumbnail "
+                                               "(8x8 grayscale layout), hog (edges of the 32x32 grayscale image), "
+                                               "embedding (the model's classifier-head input, stored at extraction) "
+                                               "or mask (object position, scale and aspect from masks or boxes).")]
+WithinClassOpt = Annotated[bool, typer.Option("--within-class", help="--by cluster: cluster each class on its own.")]
 PairSampleOpt = Annotated[int, typer.Option("--pair-sample", help="At most this many maps per group for pairwise "
                                             "group-level metrics (seeded sample).")]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Analysis size in pixels (default: the store's "
@@ -156,9 +175,9 @@ def progress_bar(description: str) -> Iterator:
 
 def _version(value: bool) -> None:
     if value:
-        from camstat import __version__
+        import camstat
 
-        out.print(f"camstat {__version__}", highlight=False)
+        out.print(f"camstat {camstat.__version__}", highlight=False)
         raise typer.Exit()
 
 
@@ -175,6 +194,7 @@ def _root(
 def extract(
     model: str = typer.Option(..., "--model", help="torchvision:NAME, camstat:resnet20|smallcnn, timm:NAME, file.py:factory, module:factory, torchscript:PATH."),
     data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT, npz:PATH[?classes=a,b]."),
+    class_names: Optional[str] = typer.Option(None, "--classes", help="npz: class names a,b,... in label order (default: the numbers)."),
     store: Path = typer.Option(..., "--store", help="Zarr store to write, e.g. store/NAME.zarr."),
     split: str = typer.Option("test", "--split", help="train or test (npz: also val)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
@@ -206,14 +226,14 @@ def extract(
         raise CamstatError("--resume and --overwrite exclude each other")
     with progress_bar("extract") as update:
         result = run_extract(
-            model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
+            model, with_class_names(data, class_names), store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
             methods=methods, layer=layer, target=target.value, size=size, normalize=normalize, limit=limit,
             batch_size=batch_size, workers=workers, device=device,
             mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
             on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update, intensity=intensity.value,
         )
-    show(render_extract(result.to_dict()), json_path)
+    show(render_extract(result.to_dict(), shard), json_path)
     write_json(json_path, result.to_dict())
 
 
@@ -268,34 +288,35 @@ def layers(
 
 @app.command("train-reg")
 def train_reg(
-    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT (train split to learn, test split held out)."),
+    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, npz:PATH (train split to learn; val/test held out)."),
+    class_names: Optional[str] = typer.Option(None, "--classes", help="npz: class names a,b,... in label order (default: the numbers)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory, e.g. runs/NAME (rerun the same command to resume)."),
     model: str = typer.Option("camstat:resnet20", "--model", help="Architecture spec, trained from scratch (see extract)."),
     lam: float = typer.Option(0.0, "--lambda", help="Weight of the CAM term; 0 = plain cross-entropy training (the baseline)."),
-    loss: str = typer.Option("mean", "--loss", help="mean (to --means class maps), variance (within-batch, per class), spread (narrower maps), neg-variance, hybrid."),
-    cam: str = typer.Option("gradcam", "--cam", help="Differentiable CAM: gradcam or gradcam++."),
+    loss: Loss = typer.Option("mean", "--loss", help="mean (to --means class maps), variance (within-batch, per class), spread (narrower maps), neg-variance, hybrid."),
+    cam: Cam = typer.Option("gradcam", "--cam", help="Differentiable CAM: gradcam or gradcam++."),
     means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (camstat extract --split train); class means of its correct maps."),
     layer: str = typer.Option("auto", "--layer", help="Target layer: auto (last conv stage) or a module name."),
-    schedule: str = typer.Option("constant", "--schedule", help="Lambda over epochs: constant, linear (ramps to lambda) or curriculum (0 for a warm-up, then a ramp)."),
+    schedule: Schedule = typer.Option("constant", "--schedule", help="Lambda over epochs: constant, linear (ramps to lambda) or curriculum (0 for a warm-up, then a ramp)."),
     cam_warmup: Optional[int] = typer.Option(None, "--cam-warmup", help="Curriculum: epochs at lambda 0 (default 20 % of the epochs)."),
     cam_ramp: Optional[int] = typer.Option(None, "--cam-ramp", help="Curriculum: epochs of the ramp to lambda (default 20 % of the epochs)."),
     hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms and weights of --loss hybrid: mean, variance, spread, neg-variance."),
-    means_update: str = typer.Option("none", "--means-update", help="none or ema (refresh the means from the model's own correct training maps)."),
+    means_update: MeansUpdate = typer.Option("none", "--means-update", help="none or ema (refresh the means from the model's own correct training maps)."),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Per-step decay of --means-update ema."),
     epochs: int = typer.Option(200, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch size (split over torchrun processes)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.1 x batch/128 for SGD, 1e-3 x batch/128 for AdamW)."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9, nesterov) or adamw."),
+    optimizer: Optimizer = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9, nesterov) or adamw."),
     momentum: float = typer.Option(0.9, "--momentum"),
     nesterov: bool = typer.Option(True, "--nesterov/--no-nesterov"),
     weight_decay: float = typer.Option(5e-4, "--weight-decay"),
-    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (per step, to 0) or constant."),
+    lr_schedule: LrSchedule = typer.Option("cosine", "--lr-schedule", help="cosine (per step, to 0) or constant."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop (pad 4) and horizontal flip."),
     size: Optional[int] = typer.Option(None, "--size", help="Input size (default: the data's own)."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="imagenet (default), cifar, none or MEAN,STD."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on N images (a fixed class-balanced subset)."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Hold out N images of the evaluated splits (default: all)."),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Split evaluated each epoch: val or test (default: val when the data has one, else test); the test split is evaluated once more at the end."),
+    eval_split: Optional[EvalSplit] = typer.Option(None, "--eval-split", help="Split evaluated each epoch: val or test (default: val when the data has one, else test); the test split is evaluated once more at the end."),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (4-8 for image folders on GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seeds weights, data order and augmentation; compare pairs runs by seed."),
@@ -309,12 +330,12 @@ def train_reg(
     from camstat.training.train import train
 
     config = TrainConfig(
-        model=model, data=data, out=str(out_dir), lam=lam, loss=loss, cam=cam, means=str(means) if means else None,
-        layer=layer, schedule=schedule, cam_warmup=cam_warmup, cam_ramp=cam_ramp, hybrid=hybrid,
-        means_update=means_update, ema_decay=ema_decay, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr_schedule=lr_schedule,
-        augment=augment, size=size, normalize=normalize, limit=limit, eval_limit=eval_limit,
-        eval_split=eval_split, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
+        model=model, data=with_class_names(data, class_names), out=str(out_dir), lam=lam, loss=loss.value, cam=cam.value,
+        means=str(means) if means else None, layer=layer, schedule=schedule.value, cam_warmup=cam_warmup,
+        cam_ramp=cam_ramp, hybrid=hybrid, means_update=means_update.value, ema_decay=ema_decay, epochs=epochs,
+        batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, lr_schedule=lr_schedule.value, augment=augment, size=size, normalize=normalize,
+        limit=limit, eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
     )
     def on_epoch(r: dict) -> None:
         console.print(epoch_line(r), highlight=False)
@@ -361,20 +382,20 @@ def sweep(
     seeds: str = typer.Option("0-4", "--seeds", help="Seeds, e.g. 0-4 or 0,1,2 (the unit of replication)."),
     means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (class means) for every run."),
     jobs: int = typer.Option(1, "--jobs", help="Train N runs at a time in local processes (1: in this process)."),
-    emit: Optional[str] = typer.Option(None, "--emit", help="slurm (array, one task per run) or torchrun: write OUT/sweep.slurm or OUT/sweep-torchrun.sh instead of training."),
+    emit: Optional[Emit] = typer.Option(None, "--emit", help="slurm (array, one task per run) or torchrun: write OUT/sweep.slurm or OUT/sweep-torchrun.sh instead of training."),
     hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms of --loss hybrid."),
-    schedule: str = typer.Option("constant", "--schedule", help="constant, linear or curriculum."),
+    schedule: Schedule = typer.Option("constant", "--schedule", help="Lambda over epochs."),
     layer: str = typer.Option("auto", "--layer", help="Target layer."),
     epochs: int = typer.Option(200, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    optimizer: Optimizer = typer.Option("sgd", "--optimizer"),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     size: Optional[int] = typer.Option(None, "--size"),
     normalize: Optional[str] = typer.Option(None, "--normalize"),
     limit: Optional[int] = typer.Option(None, "--limit"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="val or test (default: val when the data has one)."),
+    eval_split: Optional[EvalSplit] = typer.Option(None, "--eval-split", help="Default: val when the data has one, else test."),
     workers: int = typer.Option(0, "--workers"),
     device: str = DeviceOpt,
     amp: bool = typer.Option(False, "--amp"),
@@ -385,9 +406,10 @@ def sweep(
     from camstat.sweep import sweep as run_sweep
     from camstat.training.config import TrainConfig
 
-    base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid, schedule=schedule,
-                       layer=layer, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
-                       size=size, normalize=normalize, limit=limit, eval_limit=eval_limit, eval_split=eval_split,
+    base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid,
+                       schedule=schedule.value, layer=layer, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer.value, augment=augment, size=size, normalize=normalize, limit=limit,
+                       eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None,
                        workers=workers, device=device, amp=amp)
 
     def on_run(row: dict) -> None:
@@ -395,7 +417,7 @@ def sweep(
         console.print(f"{row['arm']} seed {row['seed']}: {row['status']}{error}", highlight=False, soft_wrap=True)
 
     result = run_sweep(base, lambdas=parse_list(lambdas, "--lambda", float), losses=parse_list(losses, "--loss"),
-                       cams=parse_list(cams, "--cam"), seeds=parse_seeds(seeds), out=out_dir, jobs=jobs, emit=emit,
+                       cams=parse_list(cams, "--cam"), seeds=parse_seeds(seeds), out=out_dir, jobs=jobs, emit=emit.value if emit else None,
                        on_run=on_run)
     if result.script:
         out.print(f"{result.script}: {len(result.runs)} runs", highlight=False, soft_wrap=True)
@@ -428,7 +450,9 @@ def consistency(
     null_repeats: NullRepeatsOpt = 200,
     primary: PrimaryOpt = None,
     random_store: RandomStoreOpt = None,
-    clusters: ClustersOpt = 8,
+    clusters: ClustersOpt = "8",
+    features: FeaturesOpt = Features.thumbnail,
+    within_class: WithinClassOpt = False,
     pair_sample: PairSampleOpt = 500,
     size: SizeOpt = None,
     q: QOpt = 0.2,
@@ -447,8 +471,8 @@ def consistency(
                 class_of=class_of.value, reference=reference, size=size, q=q, correction=correction.value,
                 permutations=permutations, n_boot=bootstrap, min_group=min_group, seed=seed,
                 control=None if control in (None, Control.none) else control.value, null_repeats=null_repeats,
-                primary=primary, random_store=random_store, clusters=clusters, pair_sample=pair_sample, save=save,
-                progress=update,
+                primary=primary, random_store=random_store, clusters=clusters, features=features.value,
+                within_class=within_class, pair_sample=pair_sample, save=save, progress=update,
             ).to_dict())
     primary_verdicts(results, correction=correction.value)  # one verdict family: the command's analyses
     for d in results:
@@ -475,7 +499,9 @@ def report(
     control: Control = typer.Option("permuted", "--control", help="permuted (the whole pipeline under the null, --null-repeats times; rejection rate must be near alpha) or none."),
     null_repeats: NullRepeatsOpt = 200,
     random_store: RandomStoreOpt = None,
-    clusters: ClustersOpt = 8,
+    clusters: ClustersOpt = "8",
+    features: FeaturesOpt = Features.thumbnail,
+    within_class: WithinClassOpt = False,
     means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
     names: Optional[str] = typer.Option(None, "--names", help="compare: arm names A,B (default: from lambda and loss)."),
     primary: PrimaryOpt = None,
@@ -497,8 +523,8 @@ def report(
         first, out_dir, vs=vs_runs or None, method=method, layer=layer, target=target.value, by=by.value,
         metrics=metrics, class_of=class_of.value, reference=reference, correction=correction.value, permutations=permutations, n_boot=bootstrap,
         min_group=min_group, seed=seed, control=control.value, random_store=random_store, clusters=clusters,
-        names=names.split(",") if names else None, means=means, primary=primary, null_repeats=null_repeats,
-        gallery=gallery, title=title, progress=say,
+        features=features.value, within_class=within_class, names=names.split(",") if names else None, means=means,
+        primary=primary, null_repeats=null_repeats, gallery=gallery, title=title, progress=say,
     )
     for line in result.summary:
         human(json_path).print(f"- {line}", highlight=False, soft_wrap=True)

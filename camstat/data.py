@@ -12,7 +12,9 @@ Specs:
   ``n`` (images in the split; default 2000 train / 1000 test),
   ``decoy`` (fraction of images carrying the decoy patch; default 0),
   ``seed`` (default 0), ``classes`` (2-6, default 6), ``noise`` (pixel
-  noise sd, default 0.05). Example: ``builtin:shapes?n=3000&decoy=0.5``.
+  noise sd, default 0.05), ``positions`` (0 = objects near the centre;
+  P >= 2 plants P known object positions, a composition to recover).
+  Example: ``builtin:shapes?n=3000&decoy=0.5``.
 - ``cifar10:ROOT`` -- torchvision's ``cifar-10-batches-py`` pickles (ROOT is
   that folder or its parent), read without executing pickled code.
 - ``imagefolder:ROOT`` -- ``ROOT/<class>/<image>``; when ``ROOT/train`` or
@@ -202,7 +204,8 @@ SHAPE_NAMES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 DECOY_COLOURS = np.array(
     [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1)], dtype=np.float64
 )
-SHAPES_DEFAULTS = {"n": None, "decoy": 0.0, "seed": 0, "classes": 6, "noise": 0.05}
+SHAPES_DEFAULTS = {"n": None, "decoy": 0.0, "seed": 0, "classes": 6, "noise": 0.05, "positions": 0}
+MAX_POSITIONS = 8
 SHAPES_N = {"train": 2000, "test": 1000}
 _SPLIT_STREAM = {"train": 0, "test": 1}
 
@@ -214,6 +217,7 @@ class Shapes:
     masks: np.ndarray  # bool (n, H, W): the object's silhouette (a ring's hole included)
     decoy: np.ndarray  # int64 (n,): the decoy's colour index, -1 where there is none
     classes: list[str]
+    position: np.ndarray  # int64 (n,): the planted position's number, -1 where none was planted
 
 
 def _silhouette(shape: str, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +240,7 @@ def _silhouette(shape: str, dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray,
 
 
 def _shape_image(
-    rng: np.random.Generator, label: int, split: str, size: tuple[int, int], options: dict
+    rng: np.random.Generator, label: int, split: str, size: tuple[int, int], options: dict, position: int = -1
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One image, its mask and decoy colour. Every random number is drawn
     whatever the options, so the same seed gives the same objects with or
@@ -254,7 +258,12 @@ def _shape_image(
     )
     image = np.clip(base + tint + texture[..., None], 0, 1)
     # object: near the centre (composition-consistent), contrasting in brightness
-    centre = np.array([height, width]) * (0.5 + rng.uniform(-0.15, 0.15, 2))
+    jitter = rng.uniform(-0.15, 0.15, 2)
+    if position < 0:
+        centre = np.array([height, width]) * (0.5 + jitter)
+    else:  # planted: on a circle of radius 0.2 around the centre, little jitter, so positions stay apart
+        angle = 2 * np.pi * position / options["positions"]
+        centre = np.array([height, width]) * (0.5 + 0.2 * np.array([np.sin(angle), np.cos(angle)]) + jitter / 3)
     radius = side * rng.uniform(0.2, 0.3)
     darker = base > 0.5 if rng.random() < 0.8 else base <= 0.5
     level = base + (-1 if darker else 1) * rng.uniform(0.3, 0.45)
@@ -287,6 +296,7 @@ def make_shapes(
     seed: int = 0,
     classes: int = 6,
     noise: float = 0.05,
+    positions: int = 0,
 ) -> Shapes:
     """Generate the shapes data set, deterministically.
 
@@ -297,24 +307,30 @@ def make_shapes(
     saturated square in the corner farthest from the object: in training
     images its colour encodes the class, in test images it is random (the
     same rate, no information), so a model that learned the shortcut looks in
-    the wrong place and errs. Image i depends only on (seed, split, i).
+    the wrong place and errs. With ``positions`` P >= 2 the object of image i
+    sits at planted position ``(i // classes) % P`` (on a circle of radius
+    20 % of the side around the centre, +-5 % jitter), every class spread
+    evenly over the positions: a known composition for clustering to find.
+    Image i depends only on (seed, split, i).
     """
-    options = {"decoy": decoy, "classes": classes, "noise": noise}
+    options = {"decoy": decoy, "classes": classes, "noise": noise, "positions": positions}
     height, width = size
     images = np.empty((n, height, width, 3), np.uint8)
     masks = np.empty((n, height, width), bool)
     decoys = np.empty(n, np.int64)
     labels = np.arange(n, dtype=np.int64) % classes
+    position = (np.arange(n, dtype=np.int64) // classes) % positions if positions >= 2 else np.full(n, -1)
     for i in range(n):
         rng = np.random.default_rng((seed, _SPLIT_STREAM[split], i))
-        images[i], masks[i], decoys[i] = _shape_image(rng, int(labels[i]), split, size, options)
-    return Shapes(images, labels, masks, decoys, list(SHAPE_NAMES[:classes]))
+        images[i], masks[i], decoys[i] = _shape_image(rng, int(labels[i]), split, size, options, int(position[i]))
+    return Shapes(images, labels, masks, decoys, list(SHAPE_NAMES[:classes]), position)
 
 
 def _shape_options(options: dict[str, str], split: str) -> dict:
     _reject_options(options, SHAPES_DEFAULTS, "builtin:shapes")
     parsed = dict(SHAPES_DEFAULTS)
-    casts: dict[str, Callable] = {"n": int, "decoy": float, "seed": int, "classes": int, "noise": float}
+    casts: dict[str, Callable] = {"n": int, "decoy": float, "seed": int, "classes": int, "noise": float,
+                                  "positions": int}
     for key, text in options.items():
         try:
             parsed[key] = casts[key](text)
@@ -329,12 +345,14 @@ def _shape_options(options: dict[str, str], split: str) -> dict:
         "classes": 2 <= parsed["classes"] <= len(SHAPE_NAMES),
         "noise": 0.0 <= parsed["noise"] <= 1.0,
         "seed": parsed["seed"] >= 0,
+        "positions": parsed["positions"] in (0, *range(2, MAX_POSITIONS + 1)),
     }
     bad = [key for key, ok in checks.items() if not ok]
     if bad:
         raise CamstatError(
             f"builtin:shapes option {bad[0]}={parsed[bad[0]]} out of range "
-            f"(n >= 1, 0 <= decoy <= 1, 2 <= classes <= {len(SHAPE_NAMES)}, 0 <= noise <= 1, seed >= 0)"
+            f"(n >= 1, 0 <= decoy <= 1, 2 <= classes <= {len(SHAPE_NAMES)}, 0 <= noise <= 1, seed >= 0,"
+            f" positions 0 or 2-{MAX_POSITIONS})"
         )
     return parsed
 
@@ -368,6 +386,20 @@ def _parse_query(query: str, what: str) -> dict[str, str]:
             raise CamstatError(f"option {key!r} given twice in {what}")
         options[key] = value
     return options
+
+
+def with_class_names(spec: str, names: str | None) -> str:
+    """``spec`` with ``classes=a,b,...`` added (the ``--classes`` option of npz data, kept in the spec so that
+    the store's provenance rebuilds the same class names)."""
+    if not names:
+        return spec
+    kind, _, rest = spec.partition(":")
+    if kind != "npz":
+        raise CamstatError(f"--classes names the classes of npz: data only (got {kind}:); other kinds name their own")
+    path, _, query = rest.partition("?")
+    if "classes" in _parse_query(query, "npz"):
+        raise CamstatError("class names given twice: in --classes and in the npz spec's ?classes=")
+    return f"npz:{path}?{'&'.join(filter(None, [query, f'classes={names}']))}"
 
 
 BUILTINS = {"digits": _digits, "shapes": _shapes}

@@ -20,6 +20,7 @@ from camstat import models
 from camstat.cams import CamEngine, parse_methods, parse_targets
 from camstat.decoding import describe_intensity
 from camstat.devices import distributed_rank, resolve_device
+from camstat.embedding import HeadInput, find_head
 from camstat.errors import CamstatError
 from camstat.provenance import command_line, now, versions
 from camstat.store import StoreWriter, chunk_range, parse_shard
@@ -95,10 +96,7 @@ def extract(
     """
     method_list = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     target_list = parse_targets(target)
-    shard_kn = parse_shard(shard)
-    if shard_kn is None:
-        rank, world = distributed_rank()
-        shard_kn = (rank, world) if world > 1 else None
+    shard_kn = _shard(shard)
     if shard_kn is not None and mode == "new":
         mode = "resume"  # shards fill one store together: each joins the store its siblings made
     if batch_size < 1 or chunk < 1:
@@ -108,10 +106,12 @@ def extract(
                                       trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix, size=size,
                                       normalize=normalize, limit=limit, on_bad_image=on_bad_image, seed=seed,
                                       intensity=intensity)
+    dataset[0]  # a first image that cannot be decoded is refused before any store exists
     net = loaded.module.eval().requires_grad_(False).to(dev)
     # one traced forward names the layers and gives their grid shapes (token and channels-last outputs read as grids)
     layer_maps = models.resolve_layer_maps(net, layer, dataset.size)
     layers = [info.name for info in layer_maps]
+    head = find_head(net, dataset[0][0].to(dev))
     attrs = {
         "model": model, "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_sha256": loaded.checkpoint_sha256, "num_classes": loaded.num_classes, "data": data,
@@ -121,16 +121,16 @@ def extract(
         "methods": method_list, "layers": layers,
         "layer_shapes": {info.name: list(info.out_shape[1:]) for info in layer_maps}, "targets": target_list,
         "n": len(dataset), "chunk": chunk, "seed": seed, "bad_images": list(dataset.bad_images), "created": now(),
-        "command": command_line(), "versions": versions(), "device": str(dev),
+        "command": command_line(), "versions": versions(), "device": str(dev), "embedding": head.to_attrs(),
     }
     mask_shape = tuple(dataset.size) if dataset.has_masks else None
     chunks = chunk_range(len(dataset), chunk, shard_kn)
     start = time.perf_counter()
     with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
                      chunks=chunks) as writer:
-        with CamEngine(net, layers, method_list, seed=seed) as engine:
-            processed = _fill(writer, engine, dataset, dev, target_list, batch_size=batch_size, workers=workers,
-                              chunk=chunk, progress=progress)
+        with CamEngine(net, layers, method_list, seed=seed) as engine, HeadInput(net, head) as head_input:
+            processed = _fill(writer, engine, head_input, dataset, dev, target_list, batch_size=batch_size,
+                              workers=workers, chunk=chunk, progress=progress)
     seconds = time.perf_counter() - start
     from camstat.store import Store
 
@@ -142,6 +142,15 @@ def extract(
         images_per_second=processed / seconds if seconds > 0 else float("nan"), store=str(store),
         processed=processed, complete=bool(done.all()), owned_chunks=len(chunks),
     )
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N``, else the torchrun rank and world size, else None (one process)."""
+    shard_kn = parse_shard(text)
+    if shard_kn is None:
+        rank, world = distributed_rank()
+        shard_kn = (rank, world) if world > 1 else None
+    return shard_kn
 
 
 def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None, num_classes: int | None,
@@ -173,8 +182,8 @@ def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None
     return loaded, dataset
 
 
-def _fill(writer: StoreWriter, engine: CamEngine, dataset, dev, targets: list[str], *, batch_size: int,
-          workers: int, chunk: int, progress: Callable[[int, int], None] | None) -> int:
+def _fill(writer: StoreWriter, engine: CamEngine, head_input: HeadInput, dataset, dev, targets: list[str], *,
+          batch_size: int, workers: int, chunk: int, progress: Callable[[int, int], None] | None) -> int:
     """Run the pending chunks batch by batch, writing each chunk when complete; the number of images run."""
     pending = writer.pending()
     total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
@@ -185,7 +194,7 @@ def _fill(writer: StoreWriter, engine: CamEngine, dataset, dev, targets: list[st
     parts: list = []
     for images, labels, idx in loader:
         out = engine(images.to(dev), labels.to(dev), targets)
-        parts.append((idx.numpy(), labels.numpy(), out))
+        parts.append((idx.numpy(), labels.numpy(), out, head_input.take()))
         processed += len(idx)
         if progress:
             progress(processed, total)
@@ -217,6 +226,8 @@ def _write_chunk(writer: StoreWriter, k: int, parts: list, dataset) -> None:
         "correct": pred.numpy() == labels,
         "logits": logits.numpy(),
     }
+    if parts[0][3] is not None:
+        samples["embedding"] = torch.cat([p[3] for p in parts]).cpu().numpy().astype(np.float16)
     maps = {key: torch.cat([p[2].maps[key] for p in parts]).float().cpu().numpy() for key in parts[0][2].maps}
     for (method, layer, target), values in maps.items():
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)

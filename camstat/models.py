@@ -819,12 +819,12 @@ class LayerTrace:
                 return True
         return False
 
-    def _auto_eligible(self, name: str) -> bool:
+    def _auto_eligible(self, name: str, embeddings: bool = False) -> bool:
         call = self.first[name]
         return (
             self.refusal(name) is None
             and not isinstance(call.module, _POOLING)
-            and not (call.reads_image and not any(True for _ in call.module.children()))
+            and (embeddings or not (call.reads_image and not any(True for _ in call.module.children())))
             and not any(_is_attention(self.modules[n]) for n in [name, *_ancestors(name)])
             and not self._inside_resampling(call)
         )
@@ -834,7 +834,9 @@ class LayerTrace:
         depend on: ``layer4`` (ResNet), ``features`` (VGG, ConvNeXt, Swin), the last
         block's first norm (ViT). Trailing leaves beside the last stage (a final
         norm, a permute) give way to the stage itself."""
-        eligible = [n for n in self.first if self._auto_eligible(n)]
+        # A leaf that reads the image itself (a patch embedding) only when nothing else qualifies (a one-conv net).
+        eligible = ([n for n in self.first if self._auto_eligible(n)]
+                    or [n for n in self.first if self._auto_eligible(n, embeddings=True)])
         if not eligible:
             raise CamstatError(
                 f"no layer gives a spatial map of the image at input size {self.input_size}; "

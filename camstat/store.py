@@ -6,6 +6,7 @@ Layout (see README, "Store layout")::
       zarr.json                  root attributes: schema, provenance, options
       samples/index|label|pred|confidence|correct|logits|done   (N, ...)
       samples/mask               (N, H, W) bool, only when the data has masks
+      samples/embedding          (N, D) float16, the classifier head's input (camstat.embedding), when found
       maps/<method>/<layer>/<target>   (N, h, w) float32 raw maps after ReLU
       derived/<name>/...         analysis results with the parameters used (see camstat.derived)
     .STORE.zarr.camstat-lock     beside the store: the writers' locks (see camstat.locks)
@@ -53,7 +54,7 @@ REQUIRED_ATTRS = ("model", "data", "split", "classes", "input_size", "normalize"
 # Root attribute of a store being created (replaced by the real attributes, written last).
 CREATING = "camstat_creating"
 # Dimension names of the per-sample arrays (maps and masks: sample, y, x).
-SAMPLE_DIMS = {"logits": ("sample", "class"), "mask": ("sample", "y", "x")}
+SAMPLE_DIMS = {"logits": ("sample", "class"), "mask": ("sample", "y", "x"), "embedding": ("sample", "feature")}
 
 
 def _root_attributes(path: Path) -> dict | None:
@@ -219,6 +220,18 @@ class Store:
         if not self.has_masks:
             raise CamstatError(f"store {self.path} holds no ground-truth masks (its data has none)")
         return self.read("samples/mask", indices)
+
+    @property
+    def has_embedding(self) -> bool:
+        return "embedding" in self.root["samples"]
+
+    def embedding(self, indices: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """The classifier head's input (N, D) as stored (float16), taken in the extraction's forward pass."""
+        if not self.has_embedding:
+            why = (self.attrs.get("embedding") or {}).get("reason") or "it was extracted before camstat stored them"
+            raise CamstatError(f"store {self.path} holds no embeddings ({why}); re-extract it with"
+                               " `camstat extract ... --overwrite` or choose other --features")
+        return self.read("samples/embedding", indices)
 
     def require_complete(self) -> None:
         done = self.done
@@ -523,6 +536,9 @@ class StoreWriter:
         array(samples, "logits", (n, num_classes), "float32", SAMPLE_DIMS["logits"])
         if mask_shape is not None:
             array(samples, "mask", (n, *mask_shape), "bool", SAMPLE_DIMS["mask"])
+        dim = (self.attrs.get("embedding") or {}).get("dim")
+        if dim:
+            array(samples, "embedding", (n, dim), "float16", SAMPLE_DIMS["embedding"])
         maps = root.create_group("maps")
         for method in self.attrs["methods"]:
             for layer, (h, w) in self.attrs["layer_shapes"].items():
@@ -552,6 +568,8 @@ class StoreWriter:
                 group[name][sl] = samples[name]
             if masks is not None:
                 group["mask"][sl] = masks
+            if "embedding" in samples and "embedding" in group:  # a store made before embeddings has none
+                group["embedding"][sl] = samples["embedding"]
             for (method, layer, target), values in maps.items():
                 self.root[f"maps/{method}/{layer}/{target}"][sl] = values
             group["done"][sl] = np.ones(sl.stop - sl.start, dtype=bool)

@@ -250,6 +250,12 @@ def check_table(t: dict, results: dict) -> int:
             assert c["role"] == m["role"]
             assert c[next(h for h in head if h.startswith("sig. "))] == sig_classes(m)
             checked += 3
+        elif src.endswith(".clusters"):
+            j = records["names"].index(first)
+            expect = {"n": [records["sizes"][j]], "silhouette": [records["silhouette"][j]]}
+            mix = records["class_counts"][first]
+            assert c["classes"].split(", ")[0] == "{} {}".format(*max(mix.items(), key=lambda kv: kv[1]))
+            checked += 1
         elif src == "runs[*].final":
             r = next(r for r in records if r["name"] == first)
             f = r["final"]
@@ -277,7 +283,7 @@ def check_table(t: dict, results: dict) -> int:
         else:
             raise AssertionError(f"no check for table source {src}")
         unchecked = {h for h in head[1:] if not h.startswith("sig. ")} - set(expect) - {
-            "role", "better", "loss", "subset"}
+            "role", "better", "loss", "subset", "classes"}
         assert not unchecked, (src, unchecked)
         for col, values in expect.items():
             agrees(c[col], values)
@@ -436,6 +442,9 @@ def test_by_class_and_cluster_reports(made, tmp_path):
         assert sum(check_table(t, results) for t in md) > 20
         if by == "class":
             assert any(t["source"].endswith(".groups") for t in md)
+        else:  # the clusters' table and montage
+            assert any(t["source"].endswith(".clusters") for t in md)
+            assert any(f.endswith("-clusters.png") for f in res.figures)
         for f in res.figures:
             assert Path(f).read_bytes()[:8] == PNG_SIGNATURE
 

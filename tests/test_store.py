@@ -50,7 +50,7 @@ def flip_byte(path: Path) -> None:
 def test_every_array_is_checksummed_named_and_consolidated(made):
     root = zarr.open_group(str(made), mode="r", use_consolidated=False)
     arrays = [a for _, a in root.members(max_depth=None) if isinstance(a, zarr.Array)]
-    assert len(arrays) == 7 + 2  # samples (index ... done, logits) and two methods' maps
+    assert len(arrays) == 8 + 2  # samples (index ... done, logits, embedding) and two methods' maps
     for a in arrays:
         assert [type(c).__name__ for c in a.metadata.codecs][-2:] == ["ZstdCodec", "Crc32cCodec"], a.path
         assert a.metadata.dimension_names is not None and a.metadata.dimension_names[0] == "sample", a.path
@@ -176,6 +176,6 @@ def test_stores_without_checksums_stay_readable(tmp_path, monkeypatch, capsys):
     s = camstat.open_store(old)
     assert s.maps("gradcam").shape == (16, *s.input_size) and s.complete
     assert main(["verify", str(old)]) == 0
-    assert "9 of 9 arrays carry no checksum" in capsys.readouterr().out
+    assert "10 of 10 arrays carry no checksum" in capsys.readouterr().out  # samples (8, embedding too), maps (2)
     extract("camstat:smallcnn", "builtin:digits", old, num_classes=10, limit=16, chunk=8, device="cpu",
             mode="resume")  # the old lock file still marks the folder as ours

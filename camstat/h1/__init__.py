@@ -13,7 +13,8 @@ The modules, in the order an analysis runs them:
 * :mod:`~camstat.h1.options` -- every option checked once, against the store.
 * :mod:`~camstat.h1.groups` -- images grouped by class (the prediction by
   default, ``class_of="label"`` for the true label) or by composition
-  (k-means on 8x8 grayscale thumbnails rebuilt from the store's data);
+  (k-means on composition features, :mod:`camstat.composition`: thumbnails,
+  HOG, the model's embedding or the object's position and scale);
   group-level consistency (pairwise SSIM/IoU on a seeded sample of at most
   ``pair_sample`` maps, exact centre-of-mass dispersion and distance to
   the group mean).

@@ -84,8 +84,10 @@ def reference_means(ref: Store, spec: MapStream, opts: options.Options, g: group
     ref_spec = MapStream(opts.method, opts.layer, ref_target, opts.size, block=opts.block, progress=spec.progress,
                          total=spec.total)
     n_groups = len(g.names)
-    means, counts = references.group_means(ref_spec.iterate(ref), g.ref_groups,
-                                           ref.samples["correct"].astype(bool), n_groups)
+    # -1: a reference image of a class without clusters here (within-class clusters); it enters no mean
+    grouped = g.ref_groups >= 0
+    means, counts = references.group_means(ref_spec.iterate(ref), np.where(grouped, g.ref_groups, 0),
+                                           ref.samples["correct"].astype(bool) & grouped, n_groups)
     spec.done = ref_spec.done
     info = {**ref.identity(), "target": ref_target,
             "counts": {g.names[j]: int(counts[j]) for j in range(n_groups)},
@@ -140,7 +142,9 @@ def record_params(opts: options.Options, reference_info: dict | None, rnd: Store
             "permutations": opts.permutations, "n_boot": opts.n_boot, "min_group": opts.min_group,
             "seed": opts.seed, "control": opts.control, "primary": opts.primary, "null_repeats": opts.null_repeats,
             "random_store": rnd.identity() if rnd is not None else None,
-            "clusters": opts.clusters if opts.by == "cluster" else None, "pair_sample": opts.pair_sample,
+            "clusters": opts.clusters if opts.by == "cluster" else None,
+            "features": opts.features if opts.by == "cluster" else None,
+            "within_class": opts.within_class if opts.by == "cluster" else None, "pair_sample": opts.pair_sample,
             "reference_from": "store" if reference_info is not None else "leave-one-out"}
 
 
@@ -155,15 +159,18 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
             class_of: str = "pred", reference: Store | str | Path | None = None,
             size: int | Sequence[int] | None = None, q: float = 0.2, correction: str = "holm",
             permutations: int = 10000, n_boot: int = 2000, min_group: int = 5, seed: int = 0,
-            control: str | None = None, random_store: Store | str | Path | None = None, clusters: int = 8,
-            pair_sample: int = 500, primary: str | None = None, null_repeats: int = 200, save: bool = True,
-            block: int | None = None, progress: Progress | None = None) -> ConsistencyResult:
+            control: str | None = None, random_store: Store | str | Path | None = None, clusters: int | str = 8,
+            features: str = "thumbnail", within_class: bool = False, pair_sample: int = 500,
+            primary: str | None = None, null_repeats: int = 200, save: bool = True, block: int | None = None,
+            progress: Progress | None = None) -> ConsistencyResult:
     """Consistency metrics and H1 tests of one store (see :mod:`camstat.h1`).
 
     ``by``: ``correct`` (H1 tests per class and pooled), ``class``
     (group-level consistency per class, metric medians) or ``cluster``
-    (k-means on image thumbnails, ``clusters`` groups; H1 tests within
-    clusters and group-level consistency per cluster). ``save`` writes the
+    (k-means composition clusters of :mod:`camstat.composition`: ``features``
+    thumbnail, hog, embedding or mask, ``clusters`` K or ``"auto"``,
+    optionally ``within_class``; H1 tests within clusters and group-level
+    consistency per cluster, the assignment saved). ``save`` writes the
     per-image arrays and the result under ``derived/``; ``block`` overrides
     the number of maps read at a time (default: the store's chunk).
     ``primary`` (default ``dist``) is the metric whose verdict this is
@@ -177,7 +184,8 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     opts = options.resolve(s, method=method, layer=layer, target=target, by=by, metrics=metrics,
                            class_of=class_of, size=size, q=q, correction=correction, permutations=permutations,
                            n_boot=n_boot, min_group=min_group, seed=seed, control=control, clusters=clusters,
-                           pair_sample=pair_sample, block=block, primary=primary, null_repeats=null_repeats)
+                           features=features, within_class=within_class, pair_sample=pair_sample, block=block,
+                           primary=primary, null_repeats=null_repeats)
     ref = options.as_store(reference, "reference store") if reference is not None else None
     ref_target = check_reference(ref, s, opts.method, opts.layer, target) if ref is not None else None
     rnd = options.as_store(random_store, "random store") if random_store is not None else None

@@ -7,57 +7,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camstat import composition
 from camstat import metrics as metrics_mod
-from camstat.errors import CamstatError
 from camstat.h1.options import Options, rng
 from camstat.h1.streaming import MapStream, Streamed
 from camstat.records import jsonable
 from camstat.store import Store
-
-THUMB = 8  # side of the grayscale thumbnails k-means clusters
-KMEANS_N_INIT = 10
-
-
-def thumbnails(store: Store) -> np.ndarray:
-    """8x8 grayscale thumbnails (N, 64) of the store's input images, rebuilt from its data spec."""
-    from PIL import Image
-
-    dataset = store.dataset()
-    feats = np.empty((store.n, THUMB * THUMB), dtype=np.float64)
-    for i in range(store.n):
-        gray = Image.fromarray(dataset.raw_image(i)).convert("L").resize((THUMB, THUMB), Image.BOX)
-        feats[i] = np.asarray(gray, dtype=np.float64).ravel() / 255.0
-    return feats
-
-
-@dataclass
-class Clusters:
-    """k-means clusters numbered by size: labels, names, and the fitted model to assign other images."""
-
-    labels: np.ndarray
-    names: list[str]
-    model: Any
-    order: np.ndarray  # kmeans label -> our label
-
-    def predict(self, feats: np.ndarray) -> np.ndarray:
-        return self.order[self.model.predict(feats)]
-
-
-def kmeans(feats: np.ndarray, k: int, seed: int) -> Clusters:
-    """Seeded k-means, clusters numbered by size (largest first; ties by the centroid)."""
-    from sklearn.cluster import KMeans
-
-    if k < 2:
-        raise CamstatError(f"--clusters must be at least 2, got {k}")
-    if k > len(feats):
-        raise CamstatError(f"--clusters {k} exceeds the number of images ({len(feats)})")
-    km = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=int(seed)).fit(feats)
-    sizes = np.bincount(km.labels_, minlength=k)
-    # numbered by size so that names don't depend on k-means' labels
-    rank = sorted(range(k), key=lambda j: (-sizes[j], tuple(np.round(km.cluster_centers_[j], 12))))
-    order = np.empty(k, dtype=np.int64)
-    order[rank] = np.arange(k)
-    return Clusters(order[km.labels_], [f"cluster {j}" for j in range(k)], km, order)
 
 
 @dataclass
@@ -71,25 +26,22 @@ class Grouping:
 
 
 def make_groups(store: Store, ref: Store | None, opts: Options) -> Grouping:
-    """Classes (prediction or label), or composition clusters (k-means on thumbnails)."""
+    """Classes (prediction or label), or composition clusters (:func:`camstat.composition.cluster`).
+
+    A reference store's images join the cluster of the nearest centroid (of
+    their class's clustering with ``within_class``).
+    """
     classes = store.samples[opts.class_of].astype(np.int64)
+    ref_classes = ref.samples[opts.class_of].astype(np.int64) if ref is not None else None
     if opts.by != "cluster":
-        ref_groups = ref.samples[opts.class_of].astype(np.int64) if ref is not None else None
-        return Grouping(classes, list(store.classes), ref_groups)
-    cl = kmeans(thumbnails(store), opts.clusters, opts.seed)
-    class_names = store.classes
-    comp = np.zeros((len(cl.names), len(class_names)), dtype=np.int64)
-    np.add.at(comp, (cl.labels, classes), 1)
-    info = {
-        "k": opts.clusters, "features": f"{THUMB}x{THUMB} grayscale thumbnails (box filter), scaled to [0, 1]",
-        "algorithm": f"sklearn KMeans(n_init={KMEANS_N_INIT}, random_state=seed), clusters numbered by size",
-        "inertia": float(cl.model.inertia_),
-        "sizes": np.bincount(cl.labels, minlength=len(cl.names)).tolist(),
-        "class_counts": {gn: {cn: int(comp[j, c]) for c, cn in enumerate(class_names) if comp[j, c]}
-                         for j, gn in enumerate(cl.names)},
-    }
-    ref_groups = cl.predict(thumbnails(ref)) if ref is not None else None
-    return Grouping(cl.labels, cl.names, ref_groups, info)
+        return Grouping(classes, list(store.classes), ref_classes)
+    found = composition.cluster(composition.store_features(store, opts.features), opts.clusters,
+                                features=opts.features, classes=classes, class_names=store.classes,
+                                within_class=opts.within_class, seed=opts.seed)
+    ref_groups = None
+    if ref is not None:
+        ref_groups = found.predict(composition.store_features(ref, opts.features), ref_classes)
+    return Grouping(found.labels, found.names, ref_groups, found.to_dict())
 
 
 def group_level(store: Store, spec: MapStream, streamed: Streamed, groups: np.ndarray, correct: np.ndarray | None,

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camstat import composition
 from camstat import metrics as metrics_mod
 from camstat.errors import CamstatError
 from camstat.store import Store, open_store
@@ -38,7 +39,9 @@ class Options:
     min_group: int
     seed: int
     control: str | None
-    clusters: int
+    clusters: int | str  # K, or "auto"
+    features: str  # composition features of --by cluster
+    within_class: bool
     pair_sample: int
     block: int | None
     primary: str | None = None
@@ -131,8 +134,8 @@ def _choice(value: Any, allowed: Sequence[str], option: str) -> None:
 def resolve(store: Store, *, method: str | None, layer: str | None, target: str, by: str,
             metrics: str | Sequence[str] | None, class_of: str, size: int | Sequence[int] | None, q: float,
             correction: str, permutations: int, n_boot: int, min_group: int, seed: int, control: str | None,
-            clusters: int, pair_sample: int, block: int | None, primary: str | None = None,
-            null_repeats: int = 200) -> Options:
+            clusters: int | str, features: str, within_class: bool, pair_sample: int,
+            block: int | None, primary: str | None = None, null_repeats: int = 200) -> Options:
     """Check every option against each other and the store; defaults filled in from the store."""
     _choice(by, BY, "--by")
     _choice(class_of, CLASS_OF, "--class-of")
@@ -147,12 +150,15 @@ def resolve(store: Store, *, method: str | None, layer: str | None, target: str,
         raise CamstatError("--control permuted needs --by correct or cluster (--by class runs no tests)")
     if null_repeats < 1:
         raise CamstatError(f"--null-repeats must be at least 1, got {null_repeats}")
+    clusters = composition.parse_clusters(clusters)
+    if by == "cluster":
+        composition.require(store, features)
     method = method or store.methods[0]
     layer = layer or store.layers[0]
     store.require(method, layer, target)
     names = parse_metrics(metrics, store.has_masks)
     return Options(method=method, layer=layer, target=target, by=by, metrics=names, class_of=class_of,
                    size=analysis_size(size, store), q=q, correction=correction, permutations=permutations,
-                   n_boot=n_boot, min_group=min_group, seed=seed, control=control, clusters=int(clusters),
-                   pair_sample=pair_sample, block=block, primary=resolve_primary(primary, names, by),
-                   null_repeats=int(null_repeats))
+                   n_boot=n_boot, min_group=min_group, seed=seed, control=control, clusters=clusters,
+                   features=features, within_class=bool(within_class), pair_sample=pair_sample, block=block,
+                   primary=resolve_primary(primary, names, by), null_repeats=int(null_repeats))

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 from camstat.present.tables import (Table, analysis_label, compare_sentence, table_arms, table_class_medians,
-                                    table_dispersion, table_groups, table_h1_per_class, table_h1_pooled,
-                                    table_mcnemar, table_null_pipeline, table_paired, table_random, table_runs,
+                                    table_clusters, table_dispersion, table_groups, table_h1_per_class,
+                                    table_h1_pooled, table_mcnemar, table_null_pipeline, table_paired, table_random,
+                                    table_runs,
                                     verdict_sentence)
 from camstat.present.text import (ALPHA, DISPERSION_NOTE, MAPS_TEXT, fmt_ci, fmt_fixed, group_word, method_name,
                                   null_pipeline_note, p_phrase, reference_kind, summary_roles, verdict_headline)
@@ -165,12 +166,14 @@ def _compose_analysis(doc: Document, an, figs: list[tuple[str, str]]) -> None:
              f"({prov.get('split')} split): n = {d['n']} images, accuracy {fmt_fixed(d['accuracy'], 3)} "
              f"({d['n_correct']} correct, {d['n_incorrect']} misclassified). Maps: {analysis_label(d)}, "
              f"{MAPS_TEXT}; {g} = {'the prediction' if d['class_of'] == 'pred' else 'the true label'}"
-             f"{'' if d['by'] != 'cluster' else ' (composition clusters: k-means on image thumbnails)'}; reference "
+             f"{'' if d['by'] != 'cluster' else ' (composition clusters, table below)'}; reference "
              f"of each image: {reference_kind(d)}.")
     u = d.get("undefined_reference", {})
     if u.get("n"):
         doc.para(f"{u['n']} image(s) have no reference map (the only correct image of their {g}) and are left out "
                  f"of the reference-based tests: {u.get('per_group')}.")
+    if d.get("clusters"):
+        doc.table(table_clusters(d, f"{src}.clusters", f"{an.slug}-clusters"))
     if d["by"] == "class":
         for name in d["metrics"]:
             doc.table(table_class_medians(d, name, f"{src}.metrics.{name}.per_class", f"{an.slug}-{name}"))

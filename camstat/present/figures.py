@@ -17,6 +17,8 @@ formatters, so a figure never shows a number the tables don't.
   average of the per-class curves, whose area is the within-class AUC), one
   curve per metric and one for the softmax confidence, the AUCs and their
   bootstrap CIs (from the results) in the legend;
+- composition clusters (``--by cluster``): per cluster, its correct images'
+  mean map and a seeded sample of its images;
 - runs: learning curves (accuracy, CAM loss, dist per epoch, arms coloured)
   and the arm comparison (per-run values, mean and 95 % CI per arm).
 """
@@ -227,6 +229,53 @@ def gallery_figure(an, out: Path, images, primary: str, k: int) -> tuple[str, st
     return an.slug, fname, cap
 
 
+def cluster_figure(an, out: Path, images, seed: int, members: int = 6) -> tuple[str, str, str] | None:
+    """A montage per composition cluster: its mean map, then a seeded sample of member images (maps without images)."""
+    s, d, res = an.store, an.d, an.result
+    c = d.get("clusters")
+    if not c:
+        return None
+    groups = np.asarray(res.groups)
+    shown = list(range(min(len(c["names"]), MAX_CLASSES)))
+    correct = s.samples["correct"].astype(bool)
+    means, counts = references.group_means(s.iter_maps(d["method"], d["layer"], d["target"]), groups, correct,
+                                           len(c["names"]))
+    rng = np.random.default_rng(seed)
+    side = 0.9 if max(s.input_size) <= 64 else 1.25
+    fig, axes = plt.subplots(len(shown), members + 1, figsize=(side * (members + 1) + 1.2, (side + 0.3) * len(shown)),
+                             squeeze=False)
+    fig.subplots_adjust(left=0.14, right=0.9, wspace=0.06, hspace=0.3)
+    handle = None
+    for row, j in enumerate(shown):
+        member = np.flatnonzero(groups == j)
+        pick = np.sort(rng.choice(member, size=min(members, member.size), replace=False))
+        handle = (_overlay(axes[row, 0], None, means[j]) if counts[j] else None) or handle
+        if not counts[j]:
+            axes[row, 0].axis("off")
+            axes[row, 0].text(0.5, 0.5, "no correct\nimages", ha="center", va="center",
+                              transform=axes[row, 0].transAxes)
+        axes[row, 0].set_ylabel(f"{c['names'][j]}\nn = {c['sizes'][j]}", fontsize=7)
+        maps = None if images is not None or not pick.size else s.maps(d["method"], d["layer"], d["target"],
+                                                                        indices=pick)
+        for col in range(members):
+            ax = axes[row, col + 1]
+            if col >= pick.size:
+                ax.axis("off")
+                continue
+            _overlay(ax, images.raw_image(int(pick[col])) if images is not None else None,
+                     None if images is not None else maps[col])
+    axes[0, 0].set_title("mean map\n(correct images)", fontsize=7)
+    if handle is not None:
+        _colourbar(fig, "mean min-max CAM", (0.915, 0.3, 0.012, 0.4))
+    fname = f"fig-{an.slug}-clusters.png"
+    _save(fig, out / fname)
+    more = f" (first {len(shown)} of {len(c['names'])})" if len(shown) < len(c["names"]) else ""
+    cap = (f"Composition clusters{more} ({c['features']} features, {c['n_clusters']} clusters): per cluster, the mean min-max "
+           f"{method_name(d['method'])} map of its correctly classified images, then up to {members} of its images "
+           f"(a seeded sample, seed {seed}){'' if images is not None else ', their maps shown (images not available)'}.")
+    return an.slug, fname, cap
+
+
 def _is_binary(x: np.ndarray) -> bool:
     return x.size > 0 and bool(np.all((x == 0) | (x == 1)))
 
@@ -238,8 +287,7 @@ def distribution_figure(an, out: Path, name: str) -> tuple[str, str, str] | None
     correct = an.store.samples["correct"].astype(bool)
     groups = np.asarray(res.groups)
     g = "cluster" if d["by"] == "cluster" else "class"
-    names = ([f"cluster {j}" for j in range(int(d["clusters"]["k"]))] if d["by"] == "cluster"
-             else an.store.classes)
+    names = d["clusters"]["names"] if d["by"] == "cluster" else an.store.classes
     rows = {r["class"]: r for r in m.get("per_class", [])}
     skipped = {c: why for c, why in m.get("skipped", [])}
     shown = list(range(min(len(names), MAX_CLASSES)))
@@ -379,6 +427,8 @@ def analysis_figures(an, out: Path, *, primary: str | None = None, gallery: int 
     d = an.d
     images, note = load_images(an.store)
     figs = [class_mean_figure(an, out, images, note)]
+    if d["by"] == "cluster":
+        figs.append(cluster_figure(an, out, images, seed))
     if d["metrics"]:
         figs.append(gallery_figure(an, out, images, primary_metric(d, primary), gallery))
         for name in d["metrics"]:

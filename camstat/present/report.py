@@ -201,9 +201,9 @@ def report(
     n_boot: int = 2000,
     min_group: int = 5,
     seed: int = 0,
-    control: bool | str | None = True,
+    control: bool | str | None = True, null_repeats: int = 200,  # the null pipeline's repeats
     random_store: str | Path | None = None,
-    clusters: int = 8,
+    clusters: int | str = 8, features: str = "thumbnail", within_class: bool = False,  # --by cluster
     pair_sample: int = 500,
     size: int | None = None,
     q: float = 0.2,
@@ -212,7 +212,6 @@ def report(
     primary: str | None = None,
     gallery: int = 8,
     title: str | None = None,
-    null_repeats: int = 200,
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
@@ -237,7 +236,8 @@ def report(
     h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
                       correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group, seed=seed,
                       control=control_name if by != "class" else None, null_repeats=null_repeats, clusters=clusters,
-                      pair_sample=pair_sample, size=size, q=q, primary=primary)
+                      features=features, within_class=within_class, pair_sample=pair_sample, size=size, q=q,
+                      primary=primary)
     analyses, opened, rnd = _analyses(stores, method, random_store, h1_options, say)
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
                                "runs": [_read_run(p) for p in [*runs, *vs_runs]], "compare": None}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from camstat.present.text import (ALPHA, CORRECTION_NAMES, METRIC_PHRASES, auc_w_text, finite, fmt_ci, fmt_ci_sig,
-                                  fmt_fixed, fmt_int, fmt_lambda, fmt_p, fmt_sig, group_word, method_name,
-                                  metric_description, no_direction_reason, outcome_text, p_phrase, plural, with_ci)
+from camstat.present.text import (ALPHA, CORRECTION_NAMES, METRIC_PHRASES, auc_w_text, class_mix, composition_text,
+                                  finite, fmt_ci, fmt_ci_sig, fmt_fixed, fmt_int, fmt_lambda, fmt_p, fmt_sig,
+                                  group_word, method_name, metric_description, no_direction_reason, outcome_text,
+                                  p_phrase, plural, with_ci)
 
 @dataclass
 class Table:
@@ -239,6 +240,18 @@ def table_groups(d: dict, src: str, key: str) -> Table:
         columns=[g, "subset", "n", "sampled", "pairwise SSIM", "pairwise IoU", "CoM dispersion", "dist to mean"],
         rows=rows, align="llrrrrrr",
     )
+
+
+def table_clusters(d: dict, src: str, key: str) -> Table:
+    """Each composition cluster's size, mean silhouette and class mix."""
+    c = d["clusters"]
+    rows = [[name, fmt_int(size), fmt_fixed(sil, 2), class_mix(c["class_counts"].get(name, {}))]
+            for name, size, sil in zip(c["names"], c["sizes"], c["silhouette"])]
+    return Table(key=key, source=src,
+                 caption=(f"Composition clusters: {composition_text(c)}. Silhouette: the mean over the cluster's "
+                          "images of (b - a) / max(a, b), a the mean distance to its own cluster, b to the nearest "
+                          "other."),
+                 columns=["cluster", "n", "silhouette", "classes"], rows=rows, align="lrrl")
 
 
 def verdict_sentence(d: dict, name: str) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from camstat.present.text import (ci, fmt_p, num, orientation_text, random_text, random_warning, reference_kind,
-                                  verdict_headline, verdict_text)
+from camstat.present.text import (ci, class_mix, composition_text, fmt_p, num, orientation_text, random_text,
+                                  random_warning, reference_kind, verdict_headline, verdict_text)
 
 
 def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table:
@@ -28,8 +28,7 @@ def render_consistency(d: dict) -> list:
     if d.get("groups"):
         items.append(_groups(d, label))
     if d.get("clusters"):
-        c = d["clusters"]
-        items.append(Text(f"clusters: k = {c['k']} on {c['features']}; sizes {c['sizes']}"))
+        items.append(_clusters(d["clusters"]))
     u = d["undefined_reference"]
     if u["n"]:
         items.append(Text(f"{u['n']} image(s) without a reference ({u['per_group']}): NaN for reference-based metrics, "
@@ -131,6 +130,14 @@ def _null_pipeline(npl: dict, label: str) -> list:
     return [t]
 
 
+def _clusters(c: dict) -> Table:
+    t = _table(f"composition clusters: {composition_text(c)}", ("cluster", "n", "silhouette", "classes"),
+               ("cluster", "classes"))
+    for name, size, sil in zip(c["names"], c["sizes"], c["silhouette"]):
+        t.add_row(name, str(size), num(sil, ".2f"), class_mix(c["class_counts"].get(name, {})))
+    return t
+
+
 def _random(rc: dict) -> list:
     t = _table(f"control: randomised weights ({rc['store']['path']}; Adebayo et al. 2018)",
                ("metric", "median trained", "median random", "random/trained", "AUC within trained",
@@ -156,10 +163,11 @@ def _random(rc: dict) -> list:
 # --------------------------------------------------------------------------
 
 
-def render_extract(r: dict) -> list:
+def render_extract(r: dict, shard: str | None = None) -> list:
     return [f"{r['store']}: {r['n']} images, accuracy {num(r['accuracy'], '.4f')}, {', '.join(r['methods'])} at "
             f"{', '.join(r['layers'])}; {r['processed']} processed at {num(r['images_per_second'], '.1f')} img/s"
-            + ("" if r["complete"] else " (store not complete yet: other shards pending)")]
+            + ("" if r["complete"] else " (store not complete yet: other shards pending)")
+            + ("" if r.get("owned_chunks", 1) else f" (shard {shard} owns no chunk: nothing to do)")]
 
 
 INFO_KEYS = ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
@@ -180,8 +188,8 @@ def render_info(summary: dict) -> list:
     return [table]
 
 
-def render_layers(model: str, size: int, candidates: list, auto: list[str]) -> list:
-    table = _table(f"{model}: candidate target layers at {size}x{size}", ("layer", "type", "output shape", ""),
+def render_layers(model: str, size: tuple[int, int], candidates: list, auto: list[str]) -> list:
+    table = _table(f"{model}: candidate target layers at {size[0]}x{size[1]}", ("layer", "type", "output shape", ""),
                    ("layer", "type", "output shape", ""))
     for c in candidates:
         table.add_row(c.name, c.type, "x".join(map(str, c.out_shape)), "auto" if c.name in auto else "")

@@ -243,6 +243,34 @@ def group_word(d: dict) -> str:
     return "cluster" if d.get("by") == "cluster" else "class"
 
 
+FEATURE_TEXT = {
+    "thumbnail": "8x8 grayscale thumbnails",
+    "hog": "HOG of the 32x32 grayscale image (9 orientations, 8x8-pixel cells, 2x2-cell blocks)",
+    "embedding": "the model's classifier-head input (stored at extraction)",
+    "mask": "the object's centroid x, y, sqrt(area) and log box aspect (ground-truth masks)",
+}
+
+
+def composition_text(c: dict) -> str:
+    """How the composition clusters were made (``d["clusters"]`` of a ``--by cluster`` result)."""
+    if c["k_selection"] == "auto":
+        lo, hi = c["k_range"]
+        how = f"K chosen by the best mean silhouette over K = {lo}..{hi}"
+    else:
+        how = "K given"
+    k = c["k"] if not c["within_class"] else ", ".join(f"{name} {k}" for name, k in c["k"].items())
+    where = " within each class" if c["within_class"] else ""
+    return (f"k-means{where} on {FEATURE_TEXT[c['features']]} (features '{c['features']}', centred and scaled as a "
+            f"whole; seed {c['seed']}, {c['n_init']} starts): K = {k} ({how}), {c['n_clusters']} clusters")
+
+
+def class_mix(counts: dict, limit: int = 3) -> str:
+    """A cluster's classes, largest first: ``circle 12, ring 3, +2 more``."""
+    items = sorted(counts.items(), key=lambda kv: -kv[1])
+    more = f", +{len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(f"{name} {n}" for name, n in items[:limit]) + more
+
+
 def reference_kind(d: dict) -> str:
     g = group_word(d)
     if d["params"].get("reference") is not None:

@@ -80,17 +80,16 @@ def class_means_from_store(
         means, counts, fallback = cached
         return ClassMeans(means, counts, fallback, str(path), method, layer, cached=True)
 
-    from camstat import metrics
+    from camstat import metrics, references
 
     samples = store.samples
     labels, correct = samples["label"], samples["correct"]
     c = len(classes)
-    sums, counts = np.zeros((c, *size)), np.zeros(c, np.int64)
-    all_sums, all_counts = np.zeros((c, *size)), np.zeros(c, np.int64)
-    for sl, block in store.iter_maps(method, layer, target, size=tuple(size), normalize="minmax"):
-        s_ok, k_ok = metrics.class_sums(block, labels[sl], correct[sl], c)
-        s_all, k_all = metrics.class_sums(block, labels[sl], np.ones(len(block), bool), c)
-        sums, counts, all_sums, all_counts = sums + s_ok, counts + k_ok, all_sums + s_all, all_counts + k_all
+    blocks = store.iter_maps(method, layer, target, size=tuple(size), normalize="minmax")
+    # Training needs a target map for every class, so an empty class falls back to all its samples (named in
+    # `fallback`), where the analyses' rule (camstat.references) leaves it NaN.
+    (sums, counts), (all_sums, all_counts) = references.group_sums(blocks, labels, [correct, np.ones(len(labels), bool)],
+                                                                   c)
     fallback = [k for k in range(c) if counts[k] == 0]
     missing = [classes[k] for k in fallback if all_counts[k] == 0]
     if missing:
