@@ -487,3 +487,17 @@ def test_demo_runs_in_minutes(tmp_path, capsys):
     assert res["consistency"][0]["metrics"]["dist"]["finding"]["direction"] == "supported"
     assert not (tmp_path / "demo" / "store").exists() and (tmp_path / "store" / "demo" / "test.zarr").is_dir()
     assert seconds < 300, f"camstat demo took {seconds:.0f} s (must stay under 5 minutes)"
+
+
+def test_consistency_of_several_methods_is_one_verdict_family(made, tmp_path, capsys):
+    out = tmp_path / "h1.json"
+    assert main(["consistency", str(made["tmp"] / "main.zarr"), "--method", "gradcam,gradcam++", "--metrics",
+                 "dist,ssim", "--permutations", "99", "--bootstrap", "50", "--no-save", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [a["method"] for a in d["analyses"]] == ["gradcam", "gradcam++"]
+    from statsmodels.stats.multitest import multipletests
+
+    p = [a["metrics"]["dist"]["pooled"]["p_permutation"] for a in d["analyses"]]
+    assert [a["verdict"]["p_adjusted"] for a in d["analyses"]] == pytest.approx(multipletests(p, method="holm")[1])
+    assert all(a["verdict"]["family_size"] == 2 for a in d["analyses"])
+    assert capsys.readouterr().out.count("verdict: H1 supported") == 2
