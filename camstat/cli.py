@@ -23,7 +23,7 @@ from camstat.data import with_class_names
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
-                                      render_train)
+                                      render_train, render_verify)
 from camstat.records import jsonable
 from camstat.sweep import EMITS
 from camstat.training.config import CHOICES as TRAIN_CHOICES
@@ -85,7 +85,9 @@ MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma list
 ClassOfOpt = Annotated[ClassOf, typer.Option("--class-of", help="Group images by predicted class (pred) or true "
                                              "label (label).")]
 ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="Store whose correct maps give the class "
-                                                      "means (e.g. the train split); default: leave-one-out means.")]
+                                                      "means (e.g. the train split); default: leave-one-out means. "
+                                                      "In report, the same model's train-split store also adds the "
+                                                      "detect-errors section.")]
 CorrectionOpt = Annotated[Correction, typer.Option("--correction", help="Multiplicity over classes x metrics.")]
 PermutationsOpt = Annotated[int, typer.Option("--permutations", help="Permutations of the stratified test (seeded).")]
 BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs (seeded).")]
@@ -568,15 +570,13 @@ def detect_errors(
 ) -> None:
     """Can CAMs tell when the model is wrong? CAM consistency vs softmax confidence as error detectors."""
     from camstat.detection import detect_errors as run_detect
-    from camstat.present.detection import tables, verdict
+    from camstat.present.detection import render
 
     with progress_bar("detect-errors") as update:
         result = run_detect(store, reference, method=method, layer=layer, metrics=metrics, folds=folds, seed=seed,
                             n_boot=bootstrap, progress=update)
     d = result.to_dict()
-    for t in tables(d):
-        out.print(t)
-    out.print(verdict(d), highlight=False, soft_wrap=True)
+    show(render(d), json_path)
     write_json(json_path, d)
 
 
@@ -590,11 +590,7 @@ def verify(
 
     result = open_store(store).verify()
     write_json(json_path, result.to_dict())
-    out.print(f"{store}: {result.chunks} chunks in {result.arrays} arrays checked", highlight=False, soft_wrap=True)
-    if result.unchecksummed:
-        out.print(f"{len(result.unchecksummed)} of {result.arrays} arrays carry no checksum (written before camstat"
-                  " checksummed chunks): a flipped bit inside them goes unnoticed; re-extract to add checksums",
-                  highlight=False, soft_wrap=True)
+    show(render_verify(result.to_dict()), json_path)
     for bad in result.bad:
         console.print(f"damaged: {bad}", highlight=False, soft_wrap=True)
     if not result.ok:
@@ -627,8 +623,7 @@ def faithfulness(
                                   road_noise=road_noise, seed=seed, jobs=jobs, device=device, batch_size=batch_size,
                                   checkpoint=checkpoint, progress=update)
     d = result.to_dict()
-    for item in render(d):
-        out.print(item)
+    show(render(d), json_path)
     write_json(json_path, d)
 
 
