@@ -10,3 +10,36 @@ RUNS=${RUNS:-runs}
 camstat train-reg --model camstat:resnet20 --data "$DATA" --lambda 0 --epochs 30 --seed 0 \
   --normalize 0.564,0.174 --no-augment --batch-size 128 --lr 0.1 --device cpu \
   --out "$RUNS/chest-base" --json "$RUNS/chest-base/train.json"
+
+# ---- H1 and error detection (issues 11, 12) ---------------------------------------------------------------------
+# Step 2: extract the test split (468 images; maps, logits and the head input) and a train-split reference with both
+# methods (train accuracy is 1.0, so every train map is a correct map for the class means of detect-errors).
+# Then H1 by correctness, group-level consistency by class, and H1 within composition clusters; X-rays here have
+# no object masks, so --features mask does not apply. Outputs: studies/chest-xray/h1/ (tables.py renders its README).
+STORE=${STORE:-store}
+H1=${H1:-studies/chest-xray/h1}
+TEST="$STORE/chest-base-test.zarr"
+REF="$STORE/chest-base-train2.zarr"
+mkdir -p "$H1"
+for split in test train; do
+  out=$TEST; [ "$split" = train ] && out=$REF
+  camstat extract --model camstat:resnet20 --checkpoint "$RUNS/chest-base/model.pt" --data "$DATA" --split $split \
+    --methods gradcam,gradcam++ --store "$out" --device cpu --resume
+done
+for m in gradcam gradcam++; do
+  camstat consistency "$TEST" --by correct --method $m --json "$H1/correct-$m.json"
+  camstat consistency "$TEST" --by class --method $m --json "$H1/class-$m.json"
+  for f in thumbnail hog embedding; do
+    camstat consistency "$TEST" --by cluster --features $f --clusters auto --method $m --json "$H1/cluster-$f-auto-$m.json"
+    camstat consistency "$TEST" --by cluster --features $f --clusters 4 --method $m --json "$H1/cluster-$f-k4-$m.json"
+    camstat consistency "$TEST" --by cluster --features $f --clusters auto --within-class --method $m \
+      --json "$H1/cluster-$f-auto-within-$m.json"
+  done
+  # Step 3: can the maps tell errors, better than confidence? Class means from the train split, never the test's.
+  camstat detect-errors "$TEST" --reference "$REF" --method $m --json "$H1/detect-$m.json"
+done
+# Step 4: reports (both methods each): H1 with leave-one-out means; H1 within composition clusters of the model's
+# own features, clustered within each predicted class (class and composition both held constant). README tables: python studies/chest-xray/h1/tables.py (reads only the JSON above).
+camstat report "$TEST" --out "$H1/report" --title "Chest X-ray (PneumoniaMNIST, ResNet-20): H1"
+camstat report "$TEST" --by cluster --features embedding --clusters auto --within-class \
+  --out "$H1/report-cluster-embedding" --title "Chest X-ray: H1 within composition clusters (embedding, within class)"
