@@ -19,11 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from camstat.composition import FEATURES
+from camstat.data import with_class_names
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
-                                      render_train)
+                                      render_train, render_verify)
 from camstat.records import jsonable
+from camstat.sweep import EMITS
+from camstat.training.config import CHOICES as TRAIN_CHOICES
 
 # Newer Typer vendors click: reach its exception base through a public class.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -59,6 +62,14 @@ OnBadImage = _choices("OnBadImage", ("skip", "fail"))
 Control = _choices("Control", ("permuted", "none"))
 Split = _choices("Split", ("train", "val", "test"))
 Intensity = _choices("Intensity", ("dtype", "minmax"))
+Loss = _choices("Loss", TRAIN_CHOICES["loss"])
+Cam = _choices("Cam", TRAIN_CHOICES["cam"])
+Schedule = _choices("Schedule", TRAIN_CHOICES["schedule"])
+MeansUpdate = _choices("MeansUpdate", TRAIN_CHOICES["means_update"])
+Optimizer = _choices("Optimizer", TRAIN_CHOICES["optimizer"])
+LrSchedule = _choices("LrSchedule", TRAIN_CHOICES["lr_schedule"])
+EvalSplit = _choices("EvalSplit", TRAIN_CHOICES["eval_split"])
+Emit = _choices("Emit", EMITS)
 Features = _choices("Features", FEATURES)
 
 
@@ -74,7 +85,9 @@ MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma list
 ClassOfOpt = Annotated[ClassOf, typer.Option("--class-of", help="Group images by predicted class (pred) or true "
                                              "label (label).")]
 ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="Store whose correct maps give the class "
-                                                      "means (e.g. the train split); default: leave-one-out means.")]
+                                                      "means (e.g. the train split); default: leave-one-out means. "
+                                                      "In report, the same model's train-split store also adds the "
+                                                      "detect-errors section.")]
 CorrectionOpt = Annotated[Correction, typer.Option("--correction", help="Multiplicity over classes x metrics.")]
 PermutationsOpt = Annotated[int, typer.Option("--permutations", help="Permutations of the stratified test (seeded).")]
 BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CIs (seeded).")]
@@ -178,6 +191,7 @@ def _root(
 def extract(
     model: str = typer.Option(..., "--model", help="torchvision:NAME, camstat:resnet20|smallcnn, timm:NAME, file.py:factory, module:factory, torchscript:PATH."),
     data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, stanford-cars:ROOT, npz:PATH[?classes=a,b]."),
+    class_names: Optional[str] = typer.Option(None, "--classes", help="npz: class names a,b,... in label order (default: the numbers)."),
     store: Path = typer.Option(..., "--store", help="Zarr store to write, e.g. store/NAME.zarr."),
     split: str = typer.Option("test", "--split", help="train or test (npz: also val)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights: state_dict .pt/.pth or .safetensors."),
@@ -209,7 +223,7 @@ def extract(
         raise CamstatError("--resume and --overwrite exclude each other")
     with progress_bar("extract") as update:
         result = run_extract(
-            model, data, store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
+            model, with_class_names(data, class_names), store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
             methods=methods, layer=layer, target=target.value, size=size, normalize=normalize, limit=limit,
             batch_size=batch_size, workers=workers, device=device,
@@ -271,34 +285,35 @@ def layers(
 
 @app.command("train-reg")
 def train_reg(
-    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT (train split to learn, test split held out)."),
+    data: str = typer.Option(..., "--data", help="builtin:digits, builtin:shapes, cifar10:ROOT, imagefolder:ROOT, npz:PATH (train split to learn; val/test held out)."),
+    class_names: Optional[str] = typer.Option(None, "--classes", help="npz: class names a,b,... in label order (default: the numbers)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory, e.g. runs/NAME (rerun the same command to resume)."),
     model: str = typer.Option("camstat:resnet20", "--model", help="Architecture spec, trained from scratch (see extract)."),
     lam: float = typer.Option(0.0, "--lambda", help="Weight of the CAM term; 0 = plain cross-entropy training (the baseline)."),
-    loss: str = typer.Option("mean", "--loss", help="mean (to --means class maps), variance (within-batch, per class), spread (narrower maps), neg-variance, hybrid."),
-    cam: str = typer.Option("gradcam", "--cam", help="Differentiable CAM: gradcam or gradcam++."),
+    loss: Loss = typer.Option("mean", "--loss", help="mean (to --means class maps), variance (within-batch, per class), spread (narrower maps), neg-variance, hybrid."),
+    cam: Cam = typer.Option("gradcam", "--cam", help="Differentiable CAM: gradcam or gradcam++."),
     means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (camstat extract --split train); class means of its correct maps."),
     layer: str = typer.Option("auto", "--layer", help="Target layer: auto (last conv stage) or a module name."),
-    schedule: str = typer.Option("constant", "--schedule", help="Lambda over epochs: constant, linear (ramps to lambda) or curriculum (0 for a warm-up, then a ramp)."),
+    schedule: Schedule = typer.Option("constant", "--schedule", help="Lambda over epochs: constant, linear (ramps to lambda) or curriculum (0 for a warm-up, then a ramp)."),
     cam_warmup: Optional[int] = typer.Option(None, "--cam-warmup", help="Curriculum: epochs at lambda 0 (default 20 % of the epochs)."),
     cam_ramp: Optional[int] = typer.Option(None, "--cam-ramp", help="Curriculum: epochs of the ramp to lambda (default 20 % of the epochs)."),
     hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms and weights of --loss hybrid: mean, variance, spread, neg-variance."),
-    means_update: str = typer.Option("none", "--means-update", help="none or ema (refresh the means from the model's own correct training maps)."),
+    means_update: MeansUpdate = typer.Option("none", "--means-update", help="none or ema (refresh the means from the model's own correct training maps)."),
     ema_decay: float = typer.Option(0.99, "--ema-decay", help="Per-step decay of --means-update ema."),
     epochs: int = typer.Option(200, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch size (split over torchrun processes)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 0.1 x batch/128 for SGD, 1e-3 x batch/128 for AdamW)."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9, nesterov) or adamw."),
+    optimizer: Optimizer = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9, nesterov) or adamw."),
     momentum: float = typer.Option(0.9, "--momentum"),
     nesterov: bool = typer.Option(True, "--nesterov/--no-nesterov"),
     weight_decay: float = typer.Option(5e-4, "--weight-decay"),
-    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (per step, to 0) or constant."),
+    lr_schedule: LrSchedule = typer.Option("cosine", "--lr-schedule", help="cosine (per step, to 0) or constant."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop (pad 4) and horizontal flip."),
     size: Optional[int] = typer.Option(None, "--size", help="Input size (default: the data's own)."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="imagenet (default), cifar, none or MEAN,STD."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on N images (a fixed class-balanced subset)."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Hold out N images of the evaluated splits (default: all)."),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Split evaluated each epoch: val or test (default: val when the data has one, else test); the test split is evaluated once more at the end."),
+    eval_split: Optional[EvalSplit] = typer.Option(None, "--eval-split", help="Split evaluated each epoch: val or test (default: val when the data has one, else test); the test split is evaluated once more at the end."),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (4-8 for image folders on GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seeds weights, data order and augmentation; compare pairs runs by seed."),
@@ -312,12 +327,12 @@ def train_reg(
     from camstat.training.train import train
 
     config = TrainConfig(
-        model=model, data=data, out=str(out_dir), lam=lam, loss=loss, cam=cam, means=str(means) if means else None,
-        layer=layer, schedule=schedule, cam_warmup=cam_warmup, cam_ramp=cam_ramp, hybrid=hybrid,
-        means_update=means_update, ema_decay=ema_decay, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr_schedule=lr_schedule,
-        augment=augment, size=size, normalize=normalize, limit=limit, eval_limit=eval_limit,
-        eval_split=eval_split, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
+        model=model, data=with_class_names(data, class_names), out=str(out_dir), lam=lam, loss=loss.value, cam=cam.value,
+        means=str(means) if means else None, layer=layer, schedule=schedule.value, cam_warmup=cam_warmup,
+        cam_ramp=cam_ramp, hybrid=hybrid, means_update=means_update.value, ema_decay=ema_decay, epochs=epochs,
+        batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, lr_schedule=lr_schedule.value, augment=augment, size=size, normalize=normalize,
+        limit=limit, eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
     )
     def on_epoch(r: dict) -> None:
         console.print(epoch_line(r), highlight=False)
@@ -364,20 +379,20 @@ def sweep(
     seeds: str = typer.Option("0-4", "--seeds", help="Seeds, e.g. 0-4 or 0,1,2 (the unit of replication)."),
     means: Optional[Path] = typer.Option(None, "--means", help="Baseline's train-split store (class means) for every run."),
     jobs: int = typer.Option(1, "--jobs", help="Train N runs at a time in local processes (1: in this process)."),
-    emit: Optional[str] = typer.Option(None, "--emit", help="slurm (array, one task per run) or torchrun: write OUT/sweep.slurm or OUT/sweep-torchrun.sh instead of training."),
+    emit: Optional[Emit] = typer.Option(None, "--emit", help="slurm (array, one task per run) or torchrun: write OUT/sweep.slurm or OUT/sweep-torchrun.sh instead of training."),
     hybrid: str = typer.Option("mean=1,spread=1", "--hybrid", help="Terms of --loss hybrid."),
-    schedule: str = typer.Option("constant", "--schedule", help="constant, linear or curriculum."),
+    schedule: Schedule = typer.Option("constant", "--schedule", help="Lambda over epochs."),
     layer: str = typer.Option("auto", "--layer", help="Target layer."),
     epochs: int = typer.Option(200, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    optimizer: Optimizer = typer.Option("sgd", "--optimizer"),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     size: Optional[int] = typer.Option(None, "--size"),
     normalize: Optional[str] = typer.Option(None, "--normalize"),
     limit: Optional[int] = typer.Option(None, "--limit"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
-    eval_split: Optional[str] = typer.Option(None, "--eval-split", help="val or test (default: val when the data has one)."),
+    eval_split: Optional[EvalSplit] = typer.Option(None, "--eval-split", help="Default: val when the data has one, else test."),
     workers: int = typer.Option(0, "--workers"),
     device: str = DeviceOpt,
     amp: bool = typer.Option(False, "--amp"),
@@ -388,9 +403,10 @@ def sweep(
     from camstat.sweep import sweep as run_sweep
     from camstat.training.config import TrainConfig
 
-    base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid, schedule=schedule,
-                       layer=layer, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment,
-                       size=size, normalize=normalize, limit=limit, eval_limit=eval_limit, eval_split=eval_split,
+    base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid,
+                       schedule=schedule.value, layer=layer, epochs=epochs, batch_size=batch_size, lr=lr,
+                       optimizer=optimizer.value, augment=augment, size=size, normalize=normalize, limit=limit,
+                       eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None,
                        workers=workers, device=device, amp=amp)
 
     def on_run(row: dict) -> None:
@@ -398,7 +414,7 @@ def sweep(
         console.print(f"{row['arm']} seed {row['seed']}: {row['status']}{error}", highlight=False, soft_wrap=True)
 
     result = run_sweep(base, lambdas=parse_list(lambdas, "--lambda", float), losses=parse_list(losses, "--loss"),
-                       cams=parse_list(cams, "--cam"), seeds=parse_seeds(seeds), out=out_dir, jobs=jobs, emit=emit,
+                       cams=parse_list(cams, "--cam"), seeds=parse_seeds(seeds), out=out_dir, jobs=jobs, emit=emit.value if emit else None,
                        on_run=on_run)
     if result.script:
         out.print(f"{result.script}: {len(result.runs)} runs", highlight=False, soft_wrap=True)
@@ -542,15 +558,13 @@ def detect_errors(
 ) -> None:
     """Can CAMs tell when the model is wrong? CAM consistency vs softmax confidence as error detectors."""
     from camstat.detection import detect_errors as run_detect
-    from camstat.present.detection import tables, verdict
+    from camstat.present.detection import render
 
     with progress_bar("detect-errors") as update:
         result = run_detect(store, reference, method=method, layer=layer, metrics=metrics, folds=folds, seed=seed,
                             n_boot=bootstrap, progress=update)
     d = result.to_dict()
-    for t in tables(d):
-        out.print(t)
-    out.print(verdict(d), highlight=False, soft_wrap=True)
+    show(render(d), json_path)
     write_json(json_path, d)
 
 
@@ -564,11 +578,7 @@ def verify(
 
     result = open_store(store).verify()
     write_json(json_path, result.to_dict())
-    out.print(f"{store}: {result.chunks} chunks in {result.arrays} arrays checked", highlight=False, soft_wrap=True)
-    if result.unchecksummed:
-        out.print(f"{len(result.unchecksummed)} of {result.arrays} arrays carry no checksum (written before camstat"
-                  " checksummed chunks): a flipped bit inside them goes unnoticed; re-extract to add checksums",
-                  highlight=False, soft_wrap=True)
+    show(render_verify(result.to_dict()), json_path)
     for bad in result.bad:
         console.print(f"damaged: {bad}", highlight=False, soft_wrap=True)
     if not result.ok:
@@ -601,8 +611,7 @@ def faithfulness(
                                   road_noise=road_noise, seed=seed, jobs=jobs, device=device, batch_size=batch_size,
                                   checkpoint=checkpoint, progress=update)
     d = result.to_dict()
-    for item in render(d):
-        out.print(item)
+    show(render(d), json_path)
     write_json(json_path, d)
 
 

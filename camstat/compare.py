@@ -17,6 +17,19 @@ The class mean is, by default, each run's *own* (its correct test maps,
 leave-one-out), so both arms are measured with their own yardstick;
 ``means=STORE`` measures every run against that store's class means instead.
 
+Faithfulness, when the runs' test stores have been scored: a run's scored
+test store is found at the conventional path ``RUN/test.zarr`` (made by
+``camstat extract --checkpoint RUN/model.pt --split test --store
+RUN/test.zarr`` and scored by ``camstat faithfulness RUN/test.zarr``; its
+checkpoint must be the run's ``model.pt``). Per run, for the maps of the
+run's ``--cam``: ``road_combined`` (mean ROAD combined score, higher = more
+faithful), ``road_vs_random`` and ``road_vs_class_mean`` (mean paired
+difference of combined against random maps and against the class-mean map,
+positive = the maps carry image-specific evidence the model uses); see
+:mod:`camstat.faithfulness`. Runs whose store is missing or unscored count as
+missing values for these metrics (named in ``faithfulness.unscored``); every
+scored store must have been scored with the same options (same images).
+
 Per arm: mean, SD and t-based 95 % CI over seeds. Between arms, paired by
 seed: :func:`camstat.seedtests.compare_seeds` (mean difference with its t CI,
 exact sign-flip p, Wilcoxon from 6 pairs). The exact McNemar test of each
@@ -34,11 +47,15 @@ from typing import Sequence
 import numpy as np
 
 from camstat.errors import CamstatError
-from camstat.runs import Run, arm_key, arm_name, find_runs, load_run, read_info
+from camstat.runs import DEFAULT_CAM, Run, arm_key, arm_name, find_runs, load_run, read_info
 
 METRICS = ("accuracy", "dist", "ssim", "entropy", "spread")
 CONSISTENCY = ("dist", "ssim")
 CONCENTRATION = ("entropy", "spread")
+FAITHFULNESS = ("road_combined", "road_vs_random", "road_vs_class_mean")
+TEST_STORE = "test.zarr"  # a run's scored test store, inside its run directory
+# faithfulness options that must agree between runs for their numbers to be comparable
+FAITHFULNESS_SETTINGS = ("n", "percentiles", "road_noise", "seed", "layer")
 
 
 def run_values(run: Run, means: np.ndarray | None = None) -> dict[str, float]:
@@ -65,6 +82,65 @@ def run_values(run: Run, means: np.ndarray | None = None) -> dict[str, float]:
             **{k: mean(np.asarray(v, np.float64)) for k, v in concentration.items()}}
 
 
+def measured(faithfulness: dict | None) -> tuple[str, ...]:
+    """The metrics of a comparison: :data:`METRICS`, and :data:`FAITHFULNESS` when some run was scored."""
+    return METRICS + (FAITHFULNESS if faithfulness else ())
+
+
+def _number(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def run_faithfulness(run: Run) -> dict | None:
+    """ROAD faithfulness of the run's ``--cam`` maps from its scored test store ``RUN/test.zarr``.
+
+    Returns ``{"method", "settings", "values"}`` (``values``: one number per :data:`FAITHFULNESS`
+    metric), or None when the run has no such store or it was never scored.
+    """
+    from camstat.faithfulness import saved_result
+    from camstat.store import Store
+
+    path = Path(run.path) / TEST_STORE
+    if not path.exists():
+        return None
+    store = Store(path)
+    layer = run.resolved.get("layer")
+    d = saved_result(store, layer if layer in store.layers else None)
+    if d is None:
+        return None
+    if store.attrs.get("checkpoint_sha256") != run.info.get("checkpoint_sha256"):
+        raise CamstatError(f"{path} was extracted from another checkpoint than {run.path}/model.pt; re-extract it "
+                           f"with camstat extract --checkpoint {run.path}/model.pt --split test --store {path} "
+                           "--overwrite, then score it again")
+    if store.attrs.get("split") != "test":
+        raise CamstatError(f"{path} holds the {store.attrs.get('split')!r} split; a run's {TEST_STORE} must be "
+                           "its test split (camstat extract --split test)")
+    method = str(run.info.get("cam") or DEFAULT_CAM)
+    m = d["methods"].get(method)
+    if m is None:
+        raise CamstatError(f"{path} was scored for {', '.join(d['methods'])}, not the run's --cam {method}; run "
+                           f"camstat faithfulness {path} --method {method}")
+    values = {"road_combined": m["road_combined_mean"], "road_vs_random": m["versus"]["random"]["delta"],
+              "road_vs_class_mean": m["versus"]["class_mean"]["delta"]}
+    return {"method": method, "settings": {k: d[k] for k in FAITHFULNESS_SETTINGS},
+            "values": {k: _number(v) for k, v in values.items()}}
+
+
+def _faithfulness(everyone: list[Run]) -> dict | None:
+    """Every run's faithfulness (None when no run's test store has been scored); options must agree."""
+    found = {r.path: run_faithfulness(r) for r in everyone}
+    scored = {p: f for p, f in found.items() if f is not None}
+    if not scored:
+        return None
+    settings = [f["settings"] for f in scored.values()]
+    if any(s != settings[0] for s in settings[1:]):
+        raise CamstatError("the runs' test stores were scored by camstat faithfulness with different options "
+                           f"({', '.join(FAITHFULNESS_SETTINGS)}); score every {TEST_STORE} with the same ones")
+    return {"store": TEST_STORE, "settings": settings[0], "methods": {p: f["method"] for p, f in scored.items()},
+            "values": {p: f["values"] for p, f in scored.items()},
+            "unscored": [p for p, f in found.items() if f is None]}
+
+
 @dataclass
 class CompareResult:
     """Arms, paired comparisons over seeds and descriptive McNemar tables; ``to_dict()`` is ``--json``."""
@@ -80,24 +156,34 @@ class CompareResult:
     reference: str  # "self" (own leave-one-out class means) or the --means store
     unpaired_seeds: list[int] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    faithfulness: dict | None = None  # see _faithfulness; None when no run's test store was scored
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return measured(self.faithfulness)
 
     def to_dict(self) -> dict:
         a, b = self.names
+        families = {"consistency": list(CONSISTENCY), "concentration": list(CONCENTRATION)}
+        if self.faithfulness:
+            families["faithfulness"] = list(FAITHFULNESS)
         return {
             "arms": {
                 name: {
                     "runs": self.runs[name],
                     "seeds": self.seeds[name],
-                    **{m: {**self.summaries[name][m].to_dict(), "values": self.values[name][m]} for m in METRICS},
+                    **{m: {**self.summaries[name][m].to_dict(), "values": self.values[name][m]}
+                       for m in self.metrics},
                 }
                 for name in self.names
             },
             "paired": {
                 "difference": f"{a} - {b}",
                 "pairs": self.pairs,
-                **{m: (self.paired[m].to_dict() if self.paired.get(m) is not None else None) for m in METRICS},
+                **{m: (self.paired[m].to_dict() if self.paired.get(m) is not None else None) for m in self.metrics},
             },
-            "families": {"consistency": list(CONSISTENCY), "concentration": list(CONCENTRATION)},
+            "families": families,
+            "faithfulness": self.faithfulness,
             "consistency_images": "correct",
             "mcnemar": self.mcnemar,
             "reference": self.reference,
@@ -158,17 +244,20 @@ def _mcnemar(arms: dict[str, list[Run]], pairs: list[tuple[Run, Run]]) -> dict:
     return {"descriptive": True, "per_pair": per_pair, "within_arm": within, "pooled": None}
 
 
-def _arm_stats(runs: list[Run], name: str, ref: np.ndarray | None) -> tuple[list[int], dict, dict]:
+def _arm_stats(runs: list[Run], name: str, ref: np.ndarray | None, faith: dict | None) -> tuple[list[int], dict, dict]:
     from camstat import stats
 
     seeds = [r.seed for r in runs]
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
         raise CamstatError(f"arm {name} has several runs of seed {dup[0]}; runs pair by seed, give one per seed")
-    per_run = [run_values(r, ref) for r in runs]
-    values = {m: [v[m] for v in per_run] for m in METRICS}
+    metrics = measured(faith)
+    scored = faith["values"] if faith else {}
+    per_run = [{**run_values(r, ref), **scored.get(r.path, dict.fromkeys(FAITHFULNESS, float("nan")))}
+               for r in runs]
+    values = {m: [v[m] for v in per_run] for m in metrics}
     finite = lambda xs: [x for x in xs if np.isfinite(x)]
-    return seeds, values, {m: stats.summarize(finite(values[m])) for m in METRICS}
+    return seeds, values, {m: stats.summarize(finite(values[m])) for m in metrics}
 
 
 def compare_runs(
@@ -195,14 +284,15 @@ def compare_runs(
     everyone = arm_a + arm_b
     _check_comparable(everyone)
     ref = _reference_means(means, everyone) if means is not None else None
+    faith = _faithfulness(everyone)
     seeds, values, summaries = {}, {}, {}
     for name, runs in arms.items():
-        seeds[name], values[name], summaries[name] = _arm_stats(runs, name, ref)
+        seeds[name], values[name], summaries[name] = _arm_stats(runs, name, ref, faith)
     index_b = {r.seed: j for j, r in enumerate(arm_b)}
     idx = [(i, index_b[r.seed]) for i, r in enumerate(arm_a) if r.seed in index_b]
     pairs = [(arm_a[i], arm_b[j]) for i, j in idx]
     paired = {}
-    for m in METRICS:
+    for m in measured(faith):
         x = np.array([values[name_a][m][i] for i, _ in idx])
         y = np.array([values[name_b][m][j] for _, j in idx])
         ok = np.isfinite(x) & np.isfinite(y)
@@ -213,7 +303,7 @@ def compare_runs(
         pairs=[{"seed": ra.seed, "run_a": ra.path, "run_b": rb.path} for ra, rb in pairs],
         paired=paired, mcnemar=_mcnemar(arms, pairs), reference="self" if means is None else str(means),
         unpaired_seeds=sorted(set(seeds[name_a]) ^ set(seeds[name_b])),
-        models=sorted({str(r.resolved.get("model")) for r in everyone}),
+        models=sorted({str(r.resolved.get("model")) for r in everyone}), faithfulness=faith,
     )
 
 

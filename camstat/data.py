@@ -388,6 +388,20 @@ def _parse_query(query: str, what: str) -> dict[str, str]:
     return options
 
 
+def with_class_names(spec: str, names: str | None) -> str:
+    """``spec`` with ``classes=a,b,...`` added (the ``--classes`` option of npz data, kept in the spec so that
+    the store's provenance rebuilds the same class names)."""
+    if not names:
+        return spec
+    kind, _, rest = spec.partition(":")
+    if kind != "npz":
+        raise CamstatError(f"--classes names the classes of npz: data only (got {kind}:); other kinds name their own")
+    path, _, query = rest.partition("?")
+    if "classes" in _parse_query(query, "npz"):
+        raise CamstatError("class names given twice: in --classes and in the npz spec's ?classes=")
+    return f"npz:{path}?{'&'.join(filter(None, [query, f'classes={names}']))}"
+
+
 BUILTINS = {"digits": _digits, "shapes": _shapes}
 
 

@@ -55,11 +55,12 @@ from camstat import detection_stats as ds
 from camstat import metrics as metrics_mod
 from camstat.errors import CamstatError
 from camstat.records import jsonable
+from camstat.references import group_means
 from camstat.stats import adjust
 from camstat.store import Store, open_store
 
 __all__ = ["BASELINES", "CAM_METRICS", "DetectionResult", "cam_scores", "check_reference", "detect_errors",
-           "out_of_fold_scores", "parse_cam_metrics", "softmax_scores"]
+           "out_of_fold_scores", "parse_cam_metrics", "reference_means", "softmax_scores"]
 
 #: the consistency family of SPEC 3: the CAM scores
 CAM_METRICS = tuple(name for name, m in metrics_mod.PER_IMAGE.items() if m.kind == "consistency")
@@ -132,6 +133,23 @@ def check_reference(ref: Store, store: Store, method: str, layer: str) -> None:
     if a.get("split") != "train":
         raise CamstatError(f"reference store {ref.path} is of the {a.get('split')!r} split; {give}")
     ref.require_complete()
+
+
+def reference_means(ref: Store, method: str, layer: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the mean min-max map (C, H, W) at ``size`` of the reference store's correct maps, and their counts.
+
+    The one rule of :mod:`camstat.references`; a class without any correct reference map has no
+    mean, and is refused here: its predictions could not be scored.
+    """
+    target = "true" if "true" in ref.targets else ref.targets[0]  # equal maps on correct images
+    samples = ref.samples
+    means, counts = group_means(ref.iter_maps(method, layer, target, size=size), samples["label"].astype(np.int64),
+                                samples["correct"].astype(bool), len(ref.classes))
+    empty = [ref.classes[k] for k in np.flatnonzero(counts == 0)]
+    if empty:
+        raise CamstatError(f"reference store {ref.path} has no correct image of class(es) {', '.join(empty[:5])}; "
+                           "give a reference store with more images (a larger --limit)")
+    return means, counts
 
 
 def cam_scores(store: Store, means: np.ndarray, method: str, layer: str, names: Sequence[str],
@@ -242,8 +260,6 @@ def detect_errors(
     progress: Callable[[int, int], None] | None = None,
 ) -> DetectionResult:
     """Score every image of ``store`` for being misclassified; compare CAM scores with the softmax baselines."""
-    from camstat.training.means import class_means_from_store
-
     s = store if isinstance(store, Store) else open_store(store)
     ref = reference if isinstance(reference, Store) else open_store(reference)
     s.require_complete()
@@ -261,9 +277,8 @@ def detect_errors(
         raise CamstatError(f"store {s.path} has {int(error.sum())} errors and {int((~error).sum())} correct "
                            f"predictions; detection needs at least --folds ({folds}) of each")
     size = s.input_size
-    cm = class_means_from_store(ref.path, model=s.attrs["model"], classes=s.classes, method=method, layer=layer,
-                                size=size)
-    scores = {**cam_scores(s, cm.means, method, layer, names, size, progress), **softmax_scores(s.samples["logits"])}
+    means, counts = reference_means(ref, method, layer, size)
+    scores = {**cam_scores(s, means, method, layer, names, size, progress), **softmax_scores(s.samples["logits"])}
     base_auc = {b: ds.auroc(scores[b], error) for b in BASELINES}
     best = max(BASELINES, key=lambda b: base_auc[b])
     scores[COMBINED] = out_of_fold_scores(np.column_stack([scores[best]] + [scores[k] for k in names]),
@@ -274,8 +289,7 @@ def detect_errors(
     versus = _versus(scores, error, best, names + [COMBINED], summary, boot)
     reference_info = {"path": str(ref.path), "split": ref.attrs.get("split"), "data": ref.attrs.get("data"),
                       "checkpoint_sha256": ref.attrs.get("checkpoint_sha256"), "n": ref.n,
-                      "correct_per_class": cm.counts.tolist(),
-                      "classes_without_correct_maps": [s.classes[k] for k in cm.fallback]}
+                      "correct_per_class": counts.tolist()}
     params = {"store": str(s.path), "method": method, "layer": layer, "target": "pred", "metrics": names,
               "size": list(size), "seed": seed, "n_boot": n_boot, "alpha": ALPHA,
               "combined_features": [best, *names], "fold_seed": seed}

@@ -185,6 +185,101 @@ def test_digits_end_to_end(tmp_path, capsys):
 # -- the seed-level statistics -------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def scored(arms, tmp_path_factory):
+    """Copies of the four runs, each with its test split extracted to RUN/test.zarr and scored by faithfulness."""
+    from camstat.extract import extract
+    from camstat.faithfulness import faithfulness
+
+    _, base, reg = arms
+    root = tmp_path_factory.mktemp("scored")
+    copies = {}
+    for run in [*reg, *base]:
+        copy = root / Path(run).name
+        shutil.copytree(run, copy)
+        extract("camstat:smallcnn", "builtin:digits", copy / "test.zarr", split="test",
+                checkpoint=str(copy / "model.pt"), methods="gradcam", limit=24, device="cpu")
+        faithfulness(copy / "test.zarr", limit=10, percentiles="30,70", n_boot=200, device="cpu")
+        copies[run] = str(copy)
+    return [copies[r] for r in reg], [copies[r] for r in base]
+
+
+def test_compare_shows_faithfulness_of_scored_test_stores(scored, tmp_path, capsys):
+    from camstat.faithfulness import saved_result
+    from camstat.seedtests import compare_seeds
+
+    reg, base = scored
+    d = compare_runs(reg, base, names=["reg", "base"]).to_dict()
+    assert d["families"]["faithfulness"] == ["road_combined", "road_vs_random", "road_vs_class_mean"]
+    assert d["faithfulness"]["unscored"] == [] and d["faithfulness"]["settings"]["n"] == 10
+    values = {}
+    for name, runs in (("reg", reg), ("base", base)):
+        saved = [saved_result(Path(r) / "test.zarr")["methods"]["gradcam"] for r in runs]
+        values[name] = {"road_combined": [s["road_combined_mean"] for s in saved],
+                        "road_vs_random": [s["versus"]["random"]["delta"] for s in saved],
+                        "road_vs_class_mean": [s["versus"]["class_mean"]["delta"] for s in saved]}
+        for m, v in values[name].items():
+            assert d["arms"][name][m]["values"] == pytest.approx(v)
+            assert d["arms"][name][m]["mean"] == pytest.approx(np.mean(v))
+    for m in values["reg"]:  # paired by seed, the seed as the unit (both arms hold seeds 0 and 1 in order)
+        expected = compare_seeds(values["reg"][m], values["base"][m]).to_dict()
+        assert d["paired"][m]["mean_diff"] == pytest.approx(expected["mean_diff"])
+        assert d["paired"][m]["p_signflip"] == pytest.approx(expected["p_signflip"])
+    path = tmp_path / "cmp.json"
+    assert main(["compare", *reg, "--vs", *base, "--json", str(path)]) == 0
+    assert "faithfulness of each run's --cam maps" in capsys.readouterr().out
+    assert json.loads(path.read_text())["faithfulness"]["values"][reg[0]]["road_combined"] == pytest.approx(
+        values["reg"]["road_combined"][0])
+
+
+def test_report_shows_faithfulness_per_arm_and_paired(scored, tmp_path):
+    from camstat.present.report import report
+    from camstat.present.text import fmt_sig
+
+    reg, base = scored
+    out = tmp_path / "r"
+    report(reg, out, vs=base, names=["reg", "base"])
+    c = json.loads((out / "results.json").read_text())["compare"]
+    lines = (out / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| arm |"))
+    assert header.endswith("| ROAD combined | ROAD vs random | ROAD vs class mean |")
+    for name in ("reg", "base"):
+        cells = [x.strip() for x in next(line for line in lines if line.startswith(f"| {name} |")).strip("|").split("|")]
+        for cell, m in zip(cells[5:], ("road_combined", "road_vs_random", "road_vs_class_mean")):
+            assert cell.startswith(f"{fmt_sig(c['arms'][name][m]['mean'])} ± "), (cell, m)
+    row = next(line for line in lines if line.startswith("| road_vs_random |"))
+    assert fmt_sig(c["paired"]["road_vs_random"]["mean_diff"]) in row
+
+
+def test_compare_faithfulness_unscored_stale_and_mixed_stores(scored, arms, tmp_path, capsys):
+    from camstat.faithfulness import faithfulness
+
+    reg, base = scored
+    # without scored stores: no faithfulness at all
+    assert compare_runs(arms[2], arms[1]).to_dict()["faithfulness"] is None
+    # one run without its store: left out (NaN), and named
+    bare = tmp_path / "bare"
+    shutil.copytree(base[1], bare, ignore=shutil.ignore_patterns("test.zarr"))
+    d = compare_runs(reg, [base[0], str(bare)]).to_dict()
+    assert d["faithfulness"]["unscored"] == [str(bare)]
+    assert d["arms"]["lambda=0"]["road_combined"]["n"] == 1 and d["paired"]["road_combined"]["n"] == 1
+    assert main(["compare", *reg, "--vs", base[0], str(bare)]) == 0
+    assert f"left out of the faithfulness numbers: {bare}" in capsys.readouterr().out.replace("\n", "")
+    # a store of another checkpoint (copied from another run) is refused
+    stale = tmp_path / "stale"
+    shutil.copytree(base[1], stale, ignore=shutil.ignore_patterns("test.zarr"))
+    shutil.copytree(Path(base[0]) / "test.zarr", stale / "test.zarr")
+    assert main(["compare", *reg, "--vs", base[0], str(stale)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "another checkpoint" in err and len(err.strip().splitlines()) == 1
+    # stores scored with other options are not comparable
+    other = tmp_path / "other"
+    shutil.copytree(base[1], other)
+    faithfulness(other / "test.zarr", limit=10, percentiles="50", n_boot=200, device="cpu")
+    with pytest.raises(CamstatError, match="different options"):
+        compare_runs(reg, [base[0], str(other)])
+
+
 def enumerate_sign_flips(d: np.ndarray) -> float:
     """Two-sided p by listing every sign pattern: #{s : |sum s_i d_i| >= |sum d_i|} / 2^n."""
     import itertools

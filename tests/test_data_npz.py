@@ -92,3 +92,19 @@ def test_corrupt_npz_exits_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("error: ") and "\n" not in err, (message, err)
         assert not (tmp_path / "s.zarr").exists()
+
+
+def test_classes_option_names_npz_classes_in_the_store(tmp_path, capsys):
+    from camstat import open_store
+
+    _medmnist(tmp_path / "m.npz", counts=(6, 2, 12), side=16)
+    store = tmp_path / "s.zarr"
+    args = ["extract", "--model", "camstat:smallcnn", "--data", f"npz:{tmp_path / 'm.npz'}", "--split", "test",
+            "--classes", "a,b,c", "--methods", "gradcam", "--device", "cpu"]
+    assert main([*args, "--store", str(store)]) == 0
+    s = open_store(store)
+    assert s.classes == ["a", "b", "c"] and s.attrs["data"].endswith("?classes=a,b,c")
+    assert s.dataset().classes == ["a", "b", "c"]  # provenance rebuilds the same names
+    capsys.readouterr()
+    assert main([*args[:-2], "--data", f"imagefolder:{tmp_path}", "--store", str(tmp_path / "t.zarr")]) == 2
+    assert "--classes names the classes of npz: data only" in capsys.readouterr().err

@@ -269,7 +269,7 @@ def _copy_with(stores: dict, name: str, **attrs) -> Path:
 
 def test_end_to_end_json_keys_and_seed(stores, tmp_path):
     out = tmp_path / "d.json"
-    assert main(["detect-errors", str(stores["test"]), "--reference", str(stores["train"]), "--bootstrap", "200",
+    assert main(["detect-errors", str(stores["cam_test"]), "--reference", str(stores["cam_train"]), "--bootstrap", "200",
                  "--folds", "3", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert set(d["scores"]) == {*CAM_METRICS, *BASELINES, "combined"}
@@ -282,7 +282,7 @@ def test_end_to_end_json_keys_and_seed(stores, tmp_path):
     assert d["folds"] == 3 and d["reference"]["split"] == "train"
     assert d["best_baseline"] == max(BASELINES, key=lambda b: d["scores"][b]["auroc"])
     again = tmp_path / "e.json"
-    assert main(["detect-errors", str(stores["test"]), "--reference", str(stores["train"]), "--bootstrap", "200",
+    assert main(["detect-errors", str(stores["cam_test"]), "--reference", str(stores["cam_train"]), "--bootstrap", "200",
                  "--folds", "3", "--json", str(again)]) == 0
     assert again.read_text() == out.read_text()
 
@@ -312,19 +312,36 @@ def test_planted_confidence_only_cam_adds_nothing(stores):
     assert not res.cam_beats_baseline and not res.cam_adds_to_baseline
 
 
-def test_figures(stores, tmp_path):
-    from camstat.present.detection import markdown_section, risk_coverage_figure, roc_figure, verdict
+def test_figures_tables_and_verdict(stores, tmp_path, capsys):
+    from camstat.present.detection import figures, render, table_scores, table_versus, verdict
 
     res = detect_errors(stores["cam_test"], stores["cam_train"], **FAST)
-    for fig in (roc_figure(res, tmp_path / "roc.png"), risk_coverage_figure(res, tmp_path / "rc.png")):
-        assert fig.stat().st_size > 10_000
-    assert verdict(res.to_dict()).startswith("CAM consistency adds")
-    lines = markdown_section(res, tmp_path / "report")
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith(("| score", "| ---"))]
-    assert len(rows) == len(res.scores)  # one row per score, every number from the result
-    assert f"{res.scores['dist']['auroc']:.3f}" in next(r for r in rows if r.startswith("| dist |"))
-    assert (tmp_path / "report" / "fig-detect-roc.png").exists()
-    assert (tmp_path / "report" / "fig-detect-risk-coverage.png").exists()
+    d = res.to_dict()
+    figs = figures(res, tmp_path / "report", "detect-0")
+    assert [f for _, f, _ in figs] == ["fig-detect-0-roc.png", "fig-detect-0-risk-coverage.png"]
+    for _, f, _ in figs:
+        assert (tmp_path / "report" / f).stat().st_size > 10_000
+    assert verdict(d).startswith("CAM consistency adds")
+    scores = table_scores(d, "scores", "s")
+    assert len(scores.rows) == len(d["scores"])  # one row per score, every number from the result
+    row = next(r for r in scores.rows if r[0] == "dist")
+    assert row[1].startswith(f"{d['scores']['dist']['auroc']:.3f} [")
+    versus = table_versus(d, "versus_baseline", "v")
+    assert [r[0] for r in versus.rows] == [*CAM_METRICS[:-1], "com distance", "baseline + CAM (out-of-fold)"]
+    assert all(r[-1] == ("yes" if v["better"] else "no") for r, v in zip(versus.rows, d["versus_baseline"].values()))
+    assert isinstance(render(d)[-1], str) and render(d)[-1] == verdict(d)
+
+
+def test_reference_class_without_correct_maps_is_refused(stores):
+    path = stores["tmp"] / "no_correct_c0.zarr"
+    if not path.exists():
+        shutil.copytree(stores["cam_train"], path)
+        root = zarr.open_group(str(path), mode="r+")
+        correct = root["samples/correct"][:]
+        correct[root["samples/label"][:] == 0] = False
+        root["samples/correct"][:] = correct
+    with pytest.raises(CamstatError, match="no correct image of class"):
+        detect_errors(stores["cam_test"], path, **FAST)
 
 
 @pytest.mark.parametrize("case, match", [

@@ -16,7 +16,9 @@ from camstat.h1 import analyze
 from camstat.compare import compare_runs
 from camstat.errors import CamstatError
 from camstat.extract import extract
+from camstat.present.detection import score_name
 from camstat.present.report import report
+from camstat.present.text import method_name
 from camstat.training.config import TrainConfig
 from camstat.training.train import train
 
@@ -277,10 +279,31 @@ def check_table(t: dict, results: dict) -> int:
                 r = next(r for r in records if str(r["seed"]) == first)
             b_col, c_col = head[1], head[2]
             expect = {b_col: [r["b"]], c_col: [r["c"]], "p": [r["p_value"]]}
+        elif re.fullmatch(r"detection\[\d+\]\.scores", src):
+            r = next(v for k, v in records.items() if score_name(k) == first)
+            expect = {"AUROC [95% CI]": [r["auroc"], *r["auroc_ci95"]], "AUPR err": [r["aupr_error"]],
+                      "FPR@95TPR": [r["fpr_at_95tpr"]], "AURC": [r["aurc"]], "E-AURC": [r["eaurc"]]}
+        elif re.fullmatch(r"detection\[\d+\]\.versus_baseline", src):
+            r = next(v for k, v in records.items() if score_name(k) == first)
+            expect = {"dAUROC [95% CI]": [r["delta_auroc"], *r["delta_auroc_ci95"]], "p DeLong": [r["p_delong"]],
+                      "p Holm": [r["p_delong_holm"]]}
+            assert c["better"] == ("yes" if r["better"] else "no")
+            checked += 1
+        elif re.fullmatch(r"faithfulness\[\d+\]\.methods", src):
+            r = next(v for k, v in records.items() if method_name(k) == first)
+            group = c["images"]
+            g = r if group == "all" else r["by_correct"][group]
+            vs = {b: r["versus"][b] if group == "all" else r["versus"][b][group] for b in ("random", "class_mean")}
+            every = group == "all"
+            expect = {"n": [g["n"] if not every else resolve(results, src.rsplit(".", 1)[0])["n"]],
+                      "combined [95% CI]": [g["road_combined_mean"], *g["road_combined_ci95"]],
+                      "MoRF": [r["road_morf_mean"] if every else None], "LeRF": [r["road_lerf_mean"] if every else None],
+                      **{f"vs {b.replace('_', ' ')} [95% CI]": [v["delta"], *v["delta_ci95"]] for b, v in vs.items()},
+                      **{f"p ({b.replace('_', ' ')})": [v["p_value"]] for b, v in vs.items()}}
         else:
             raise AssertionError(f"no check for table source {src}")
         unchecked = {h for h in head[1:] if not h.startswith("sig. ")} - set(expect) - {
-            "more consistent", "p perm < 0.05", "loss", "subset", "classes"}
+            "more consistent", "p perm < 0.05", "loss", "subset", "classes", "better", "images"}
         assert not unchecked, (src, unchecked)
         for col, values in expect.items():
             agrees(c[col], values)
@@ -356,6 +379,49 @@ def test_verdicts_and_summary_come_from_the_records(made):
     # provenance is the last section
     assert text.rstrip().split("\n## ")[-1].startswith("Provenance")
     assert results["provenance"]["stores"][0]["content_sha256"] in text
+
+
+@pytest.fixture(scope="module")
+def sections(made) -> dict:
+    """A report of one store given a train-split reference (detection section) and scored by faithfulness."""
+    from camstat.faithfulness import faithfulness
+
+    tmp = made["tmp"]
+    store, ref = tmp / "scored.zarr", tmp / "train.zarr"
+    shutil.copytree(tmp / "main.zarr", store)
+    extract("camstat:smallcnn", f"builtin:shapes?n={N}", ref, split="train", methods="gradcam,gradcam++", device="cpu",
+            chunk=64, batch_size=64)
+    _plant(ref, seed=2)
+    faithfulness(store, limit=12, percentiles="30,70", n_boot=200, device="cpu")
+    out = tmp / "sections"
+    report([store], out, reference=ref, method="gradcam", control="none", seed=0, **FAST)
+    return {"store": store, "ref": ref, "out": out, "results": json.loads((out / "results.json").read_text())}
+
+
+def test_detection_and_faithfulness_sections(sections):
+    from camstat.detection import detect_errors
+    from camstat.faithfulness import saved_result
+    from camstat.present.detection import verdict
+    from camstat.records import jsonable
+
+    results, out = sections["results"], sections["out"]
+    direct = detect_errors(sections["store"], sections["ref"], method="gradcam", seed=0, n_boot=FAST["n_boot"])
+    assert results["detection"] == [json.loads(json.dumps(jsonable(direct.to_dict())))]
+    assert results["faithfulness"] == [json.loads(json.dumps(saved_result(sections["store"])))]
+    md, tex = (out / "report.md").read_text(), (out / "report.tex").read_text()
+    tables = md_tables(md)
+    sources = {t["source"] for t in tables}
+    assert {"detection[0].scores", "detection[0].versus_baseline", "faithfulness[0].methods"} <= sources
+    assert sum(check_table(t, results) for t in tables if t["source"] in sources) > 0
+    for t_md, t_tex in zip(tables, tex_tables(tex)):
+        assert t_md["header"] == t_tex["header"] and t_md["rows"] == t_tex["rows"], t_md["key"]
+    assert verdict(results["detection"][0]) in md
+    for name in ("fig-detect-0-gradcam-roc.png", "fig-detect-0-gradcam-risk-coverage.png", "fig-faithfulness-0.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE and f"]({name})" in md
+
+
+def test_no_sections_without_reference_or_scores(made):
+    assert made["results"]["detection"] == [] and made["results"]["faithfulness"] == []
 
 
 def test_figures_are_valid_pngs(made):

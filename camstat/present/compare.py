@@ -1,21 +1,22 @@
-"""Terminal view of ``camstat compare`` (numbers to text happen here, not in :mod:`camstat.compare`)."""
+"""Terminal view of ``camstat compare`` (numbers to text happen here, through :mod:`camstat.present.text`)."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
+from camstat.present.text import ci, fmt_p, num
+
 METRIC_LABELS = {"accuracy": "accuracy", "dist": "dist (correct)", "ssim": "ssim (correct)",
                  "entropy": "entropy (correct)", "spread": "spread (correct)"}
 
 
-def _num(v, spec: str = ".4f") -> str:
-    return "-" if v is None or v != v else format(v, spec)
+def _num(v) -> str:
+    return num(v, ".4f")
 
 
 def _ci(s: dict | None) -> str:
-    if not s or s.get("ci95") is None or s["ci95"][0] is None or s["ci95"][0] != s["ci95"][0]:
-        return "-"
-    return f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+    """The t CI of a summary or paired record, 4 decimals."""
+    return ci((s or {}).get("ci95"), ".4f")
 
 
 def arms_table(d: dict) -> Table:
@@ -38,8 +39,31 @@ def paired_table(d: dict) -> Table:
         table.add_column(col, justify="right")
     for m, label in METRIC_LABELS.items():
         r = p.get(m) or {}
-        table.add_row(label, _num(r.get("mean_diff")), _ci(r), _num(r.get("p_signflip"), ".3g"),
-                      _num(r.get("p_ttest"), ".3g"), _num(r.get("p_wilcoxon"), ".3g"))
+        table.add_row(label, _num(r.get("mean_diff")), _ci(r), fmt_p(r.get("p_signflip")),
+                      fmt_p(r.get("p_ttest")), fmt_p(r.get("p_wilcoxon")))
+    return table
+
+
+FAITHFULNESS_LABELS = {"road_combined": "ROAD combined", "road_vs_random": "vs random maps",
+                       "road_vs_class_mean": "vs class-mean map"}
+
+
+def faithfulness_table(d: dict) -> Table:
+    """Each arm's ROAD faithfulness over seeds and the seed-paired difference (only when runs were scored)."""
+    f = d["faithfulness"]
+    a, b = list(d["arms"])
+    s = f["settings"]
+    table = Table(title=f"faithfulness of each run's --cam maps (ROAD on {s['n']} test images of RUN/{f['store']}; "
+                        "higher = more faithful; vs: mean paired difference of combined): mean ± sd [95% t CI] "
+                        f"over seeds; paired by seed: {d['paired']['difference']}")
+    for col in ("metric", a, b, "mean diff", "95% t CI", "p sign-flip", "p Wilcoxon"):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col == "metric")
+    for m, label in FAITHFULNESS_LABELS.items():
+        r = d["paired"].get(m) or {}
+        cells = [f"{_num(d['arms'][n][m]['mean'])} ± {_num(d['arms'][n][m]['sd'])} ({d['arms'][n][m]['n']} runs)\n"
+                 f"{_ci(d['arms'][n][m])}" for n in (a, b)]
+        table.add_row(label, *cells, _num(r.get("mean_diff")), _ci(r), fmt_p(r.get("p_signflip")),
+                      fmt_p(r.get("p_wilcoxon")))
     return table
 
 
@@ -51,11 +75,11 @@ def mcnemar_table(d: dict) -> Table:
         table.add_column(col, justify="right")
     for row in d["mcnemar"]["per_pair"]:
         table.add_row(f"{a} vs {b}", f"{row['seed_a']} / {row['seed_b']}", str(row["b"]), str(row["c"]),
-                      _num(row["p_value"], ".3g"))
+                      fmt_p(row["p_value"]))
     for name, rows in d["mcnemar"]["within_arm"].items():
         for row in rows:
             table.add_row(f"within {name}", f"{row['seed_a']} / {row['seed_b']}", str(row["b"]), str(row["c"]),
-                          _num(row["p_value"], ".3g"))
+                          fmt_p(row["p_value"]))
     return table
 
 
@@ -68,12 +92,16 @@ def notes(d: dict) -> list[str]:
         out.append("no seed occurs in both arms: no paired tests")
     if len(d.get("models", [])) > 1:
         out.append(f"the runs use different models: {', '.join(d['models'])}")
+    if d.get("faithfulness") and d["faithfulness"]["unscored"]:
+        out.append(f"runs without a scored RUN/{d['faithfulness']['store']}, left out of the faithfulness numbers: "
+                   + ", ".join(d["faithfulness"]["unscored"]))
     return out
 
 
 def render(d: dict) -> list:
     """Renderables (tables, then note lines) of one comparison's ``to_dict()``."""
-    return [arms_table(d), paired_table(d), mcnemar_table(d), *(f"note: {n}" for n in notes(d))]
+    faith = [faithfulness_table(d)] if d.get("faithfulness") else []
+    return [arms_table(d), paired_table(d), *faith, mcnemar_table(d), *(f"note: {n}" for n in notes(d))]
 
 
 def render_sweep(d: dict) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from camstat.present import detection, faithfulness
 from camstat.present.tables import (Table, analysis_label, compare_sentence, primary_metric, table_arms,
                                     table_class_medians, table_clusters, table_groups, table_h1_per_class, table_h1_pooled,
                                     table_mcnemar, table_paired, table_permuted, table_random, table_runs,
@@ -148,6 +149,10 @@ def compose(results: dict, analyses: list, figs: list[tuple[str, str, str]],
                          if mm.get("verdict", {}).get("direction") == "supported" and mm["verdict"].get("significant")]
             line += f"; significant in H1's direction: {len(supported)}/{len(d['metrics'])} metrics"
         summary.append(line)
+    summary += [f"{Path(d['params']['store']).name}, {method_name(d['params']['method'])}: error detection: "
+                f"{detection.verdict(d)}" for d in results.get("detection", [])]
+    summary += [f"{Path(d['store']).name}: faithfulness: {faithfulness.summary(d)}"
+                for d in results.get("faithfulness", [])]
     if results.get("compare"):
         summary.append("H2: " + compare_sentence(results["compare"]))
     doc.heading(2, "Summary")
@@ -156,6 +161,10 @@ def compose(results: dict, analyses: list, figs: list[tuple[str, str, str]],
 
     for an in analyses:
         _compose_analysis(doc, an, figs_by.get(an.slug, []))
+    for i, d in enumerate(results.get("detection", [])):
+        _compose_detection(doc, d, i, figs_by.get(detection.slug(i, d), []))
+    for i, d in enumerate(results.get("faithfulness", [])):
+        _compose_faithfulness(doc, d, i, figs_by.get(f"faithfulness-{i}", []))
 
     if results["runs"]:
         _compose_runs(doc, results, figs_by.get("runs", []))
@@ -217,6 +226,35 @@ def _compose_analysis(doc: Document, an, figs: list[tuple[str, str]]) -> None:
         doc.heading(3, "Figures")
         for f, cap in figs:
             doc.figure(f, cap)
+
+
+def _compose_figures(doc: Document, figs: list[tuple[str, str]]) -> None:
+    if figs:
+        doc.heading(3, "Figures")
+        for f, cap in figs:
+            doc.figure(f, cap)
+
+
+def _compose_detection(doc: Document, d: dict, i: int, figs: list[tuple[str, str]]) -> None:
+    """Section 4.1: can the maps tell when the model is wrong, better than or beyond its confidence?"""
+    key, ref = detection.slug(i, d), d["reference"]
+    doc.heading(2, f"Can CAMs tell when the model is wrong? {d['params']['store']} — "
+                   f"{method_name(d['params']['method'])}")
+    doc.para(f"**Verdict.** {detection.verdict(d)}")
+    doc.para(f"Class means: the correct maps of `{ref['path']}` ({ref['split']} split, n = {ref['n']}), so the "
+             "detector never uses the analysed images' correctness; each map is compared with its predicted class's "
+             f"mean. Combined model fitted out-of-fold ({d['folds']} stratified folds, seed {d['params']['seed']}).")
+    doc.table(detection.table_scores(d, f"detection[{i}].scores", f"{key}-scores"))
+    doc.table(detection.table_versus(d, f"detection[{i}].versus_baseline", f"{key}-versus"))
+    _compose_figures(doc, figs)
+
+
+def _compose_faithfulness(doc: Document, d: dict, i: int, figs: list[tuple[str, str]]) -> None:
+    """Section 4.2: do the maps show what the model uses (ROAD against random and class-mean maps)?"""
+    doc.heading(2, f"Are the maps faithful? {d['store']}")
+    doc.para(f"**ROAD.** {faithfulness.summary(d)}")
+    doc.table(faithfulness.table_faithfulness(d, f"faithfulness[{i}].methods", f"faithfulness-{i}"))
+    _compose_figures(doc, figs)
 
 
 def _compose_runs(doc: Document, results: dict, figs: list[tuple[str, str]]) -> None:

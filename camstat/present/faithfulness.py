@@ -1,45 +1,81 @@
-"""Presentation of ``camstat faithfulness`` results: the CLI tables and the MoRF/LeRF curve figure.
+"""Presentation of ``camstat faithfulness`` results: the table (report and terminal) and the MoRF/LeRF figure.
 
 Every number shown comes from :meth:`camstat.faithfulness.FaithfulnessResult.to_dict` (the
-``--json`` dict), formatted by :mod:`camstat.present.text`.
+``--json`` dict, also what :func:`camstat.faithfulness.saved_result` reads back), formatted by
+:mod:`camstat.present.text`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rich.table import Table
-
-from camstat.present.text import fmt_ci_sig, fmt_p, fmt_sig, method_name
+from camstat.present.tables import Table
+from camstat.present.text import ALPHA, finite, fmt_ci_sig, fmt_int, fmt_p, fmt_sig, method_name, p_phrase, with_ci
 
 KIND_STYLE = {"maps": ("-", "the method's maps"), "random": ("--", "random maps"),
               "class_mean": (":", "class-mean map")}
 MORF_COLOUR, LERF_COLOUR = "#d62728", "#1f77b4"
+GROUPS = ("all", "correct", "incorrect")
+
+
+def _versus_cells(v: dict) -> list[str]:
+    return [with_ci(fmt_sig(v["delta"]), fmt_ci_sig(v["delta_ci95"])), fmt_p(v["p_value"])]
+
+
+def table_faithfulness(d: dict, src: str, key: str) -> Table:
+    """Per method, over all scored images and within correct and incorrect predictions: ROAD combined [CI], MoRF,
+    LeRF, and the paired difference of combined against random and class-mean maps [CI] with the Wilcoxon p."""
+    rows = []
+    for m, r in d["methods"].items():
+        for group in GROUPS:
+            g = r if group == "all" else r["by_correct"][group]
+            vs = {b: r["versus"][b] if group == "all" else r["versus"][b][group] for b in ("random", "class_mean")}
+            rows.append([method_name(m), group, fmt_int(g.get("n", d["n"])),
+                         with_ci(fmt_sig(g["road_combined_mean"]), fmt_ci_sig(g["road_combined_ci95"])),
+                         fmt_sig(r["road_morf_mean"]) if group == "all" else "",
+                         fmt_sig(r["road_lerf_mean"]) if group == "all" else "",
+                         *_versus_cells(vs["random"]), *_versus_cells(vs["class_mean"])])
+    return Table(
+        key=key, source=src,
+        caption=(f"ROAD faithfulness (Rong et al. 2022) on {d['n']} images ({d['n_correct']} correct), percentiles "
+                 f"{', '.join(str(p) for p in d['percentiles'])}, imputation noise {d['road_noise']:g}: mean MoRF and "
+                 "LeRF change of the predicted class's probability, combined = (LeRF - MoRF) / 2 (higher = more "
+                 "faithful) with bootstrap 95% CI; the maps against random maps and the predicted class's mean map: "
+                 "mean paired difference of combined (positive = the maps are more faithful) [95% CI], Wilcoxon "
+                 "signed-rank p."),
+        columns=["method", "images", "n", "combined [95% CI]", "MoRF", "LeRF", "vs random [95% CI]", "p (random)",
+                 "vs class mean [95% CI]", "p (class mean)"],
+        rows=rows, align="llrrrrrrrr",
+    )
+
+
+def _against(v: dict, baseline: str) -> str:
+    """``beat random maps (+0.031 [0.02, 0.04], Wilcoxon p < 0.0001)``: the word from the CI and p at ALPHA."""
+    lo, hi = v["delta_ci95"] if v["delta_ci95"] else (None, None)
+    significant = finite(v["p_value"]) and v["p_value"] < ALPHA
+    word = ("beat" if significant and finite(lo) and lo > 0 else "lose to" if significant and finite(hi) and hi < 0
+            else "are not distinguishable from")
+    return (f"{word} {baseline} ({with_ci(fmt_sig(v['delta']), fmt_ci_sig(v['delta_ci95']))}, Wilcoxon "
+            f"{p_phrase(v['p_value'])})")
+
+
+def summary(d: dict) -> str:
+    """One sentence per method: its ROAD combined score and whether its maps beat each baseline."""
+    parts = [f"{method_name(m)} combined "
+             f"{with_ci(fmt_sig(r['road_combined_mean']), fmt_ci_sig(r['road_combined_ci95']))}; its maps {_against(r['versus']['random'], 'random maps')} and "
+             f"{_against(r['versus']['class_mean'], 'the class-mean map')}" for m, r in d["methods"].items()]
+    return f"On {d['n']} images: " + "; ".join(parts) + "."
 
 
 def render(d: dict) -> list:
-    """Rich tables: per method the ROAD scores, then each baseline comparison overall and by correctness."""
-    scores = Table(title=f"ROAD faithfulness ({d['n']} images, percentiles {d['percentiles']}, "
-                         f"noise {d['road_noise']:g}; combined = (LeRF - MoRF) / 2, higher = more faithful)")
-    for col in ("method", "combined", "95% CI", "MoRF", "LeRF", "correct", "incorrect"):
-        scores.add_column(col)
-    versus = Table(title="the method's maps vs baselines: delta = mean paired difference of combined, Wilcoxon p")
-    for col in ("method", "baseline", "images", "n", "baseline combined", "delta", "95% CI", "p"):
-        versus.add_column(col)
-    for m, r in d["methods"].items():
-        by = r["by_correct"]
-        scores.add_row(method_name(m), fmt_sig(r["road_combined_mean"]), fmt_ci_sig(r["road_combined_ci95"]),
-                       fmt_sig(r["road_morf_mean"]), fmt_sig(r["road_lerf_mean"]),
-                       fmt_sig(by["correct"]["road_combined_mean"]), fmt_sig(by["incorrect"]["road_combined_mean"]))
-        for base, v in r["versus"].items():
-            for group, g in (("all", v), ("correct", v["correct"]), ("incorrect", v["incorrect"])):
-                versus.add_row(method_name(m), base.replace("_", " "), group, str(g["n"]),
-                               fmt_sig(v["baseline_combined_mean"]) if group == "all" else "",
-                               fmt_sig(g["delta"]), fmt_ci_sig(g["delta_ci95"]), fmt_p(g["p_value"]))
-    return [scores, versus]
+    """The terminal view of ``camstat faithfulness``: the same table as the report."""
+    from camstat.present.terminal import from_cells
+
+    return [from_cells(table_faithfulness(d, "", "faithfulness")), summary(d)]
 
 
-def curves_figure(d: dict, out: Path, name: str = "fig-faithfulness.png") -> tuple[str, str, str]:
+def curves_figure(d: dict, out: Path, name: str = "fig-faithfulness.png",
+                  section: str = "faithfulness") -> tuple[str, str, str]:
     """MoRF and LeRF curves (mean change of the explained class's probability against the share of
     pixels removed), one panel per method, the baselines drawn dashed (random) and dotted (class mean).
 
@@ -73,4 +109,4 @@ def curves_figure(d: dict, out: Path, name: str = "fig-faithfulness.png") -> tup
                "most (MoRF, red) or least (LeRF, blue) relevant pixels are imputed; solid: the method's maps, "
                "dashed: random maps, dotted: the class-mean map. Faithful maps fall fast under MoRF and stay "
                "flat under LeRF.")
-    return "faithfulness", name, caption
+    return section, name, caption

@@ -6,15 +6,22 @@
   very dict ``camstat consistency --json`` gives (:func:`camstat.h1.analyze`);
   ``runs``: each training run's options and per-epoch records (``metrics.jsonl``);
   ``compare``: the dict ``camstat compare --json`` gives
-  (:func:`camstat.compare.compare_runs`); ``provenance``: stores (content
-  hashes), checkpoints (SHA-256), versions and command lines.
+  (:func:`camstat.compare.compare_runs`); ``detection``: with ``reference``,
+  for each (store, method) the dict ``camstat detect-errors --json`` gives
+  (:func:`camstat.detection.detect_errors`, the reference as class means);
+  ``faithfulness``: for each store scored by ``camstat faithfulness``, its
+  saved result (:func:`camstat.faithfulness.saved_result`); ``provenance``:
+  stores (content hashes), checkpoints (SHA-256), versions and command lines.
 - ``report.md`` -- verdicts, tables, figures and provenance, for reading.
 - ``report.tex`` -- the same tables as booktabs ``table`` environments, to
   ``\\input`` into a thesis (needs ``\\usepackage{booktabs}``).
 - ``fig-*.png`` -- class-mean maps over a representative image, galleries of
   the most and least consistent images, metric distributions correct vs
   incorrect per class, ROC curves; for runs learning curves and the arm
-  comparison (:mod:`camstat.present.figures`).
+  comparison (:mod:`camstat.present.figures`); error-detection ROC and
+  risk-coverage curves with the softmax baselines drawn
+  (:mod:`camstat.present.detection`); ROAD MoRF/LeRF curves with the random
+  and class-mean baselines drawn (:mod:`camstat.present.faithfulness`).
 
 No statistic is computed here: every number in a table, sentence or figure
 annotation is read from ``results.json``'s records (or is a count over
@@ -222,7 +229,10 @@ def report(
     ``layer``, default its first) and train-reg run directories (learning
     curves; with ``vs`` -- arm B's runs -- or runs of exactly two
     configurations, :func:`camstat.compare.compare_runs` of the two arms,
-    arm A minus arm B). ``random_store`` is the randomised-weights control,
+    arm A minus arm B). ``reference``: the class means of the H1 analyses
+    and, as for ``detect-errors`` (the same model's train-split store), of
+    the error-detection section. A store scored by ``camstat faithfulness``
+    gets a faithfulness section. ``random_store`` is the randomised-weights control,
     used for every store it matches (same model, data, split and images).
     ``primary`` picks the metric the galleries sort by (default ``dist``).
     ``command``: the command line recorded (default: this process's).
@@ -239,23 +249,16 @@ def report(
                       seed=seed, control=control_name, clusters=clusters, features=features,
                       within_class=within_class, pair_sample=pair_sample, size=size, q=q)
     analyses, opened, rnd = _analyses(stores, method, random_store, primary, h1_options, say)
+    detections = _detections(opened, method, layer, reference, seed, n_boot, say) if reference is not None else []
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
-                               "runs": [_read_run(p) for p in [*runs, *vs_runs]], "compare": None}
-    arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
-    if arms is not None:
-        from camstat.compare import compare_runs
-
-        say("comparing arms")
-        results["compare"] = compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
-    options = {"method": method if method is None or isinstance(method, str) else list(method),
-               **{k: v for k, v in h1_options.items() if k != "reference"},
-               "reference": str(reference) if reference else None,
-               "random_store": str(random_store) if random_store else None,
-               "vs": [str(p) for p in vs_runs], "means": str(means) if means else None}
+                               "detection": [r.to_dict() for r in detections], "faithfulness": _scored(opened, layer),
+                               "runs": [_read_run(p) for p in [*runs, *vs_runs]],
+                               "compare": _compare(runs, vs_runs, names, means, say)}
+    options = _options(method, h1_options, random_store, vs_runs, means)
     results["provenance"] = _provenance(options, command, opened, rnd, [*runs, *vs_runs])
     results = _jsonable(results)
     out = Path(out)
-    figs = _figures(out, analyses, results, primary=primary, gallery=gallery, seed=seed, say=say)
+    figs = _figures(out, analyses, detections, results, primary=primary, gallery=gallery, seed=seed, say=say)
     say("writing report.md, report.tex, results.json")
     md, tex, summary = compose(results, analyses, figs, title=title)
     for name, text in (("results.json", json.dumps(results, indent=1) + "\n"), ("report.md", md), ("report.tex", tex)):
@@ -307,6 +310,59 @@ def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_
     return analyses, opened, rnd
 
 
+def _compare(runs: list[Path], vs_runs: list[Path], names, means, say: Callable[[str], None]) -> dict | None:
+    """``camstat compare`` of the runs' two arms (``--vs``, or runs of exactly two configurations), if any."""
+    arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
+    if arms is None:
+        return None
+    from camstat.compare import compare_runs
+
+    say("comparing arms")
+    return compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
+
+
+def _options(method, h1_options: dict, random_store, vs_runs: list[Path], means) -> dict:
+    """The report's options as recorded in its provenance."""
+    reference = h1_options["reference"]
+    return {"method": method if method is None or isinstance(method, str) else list(method),
+            **{k: v for k, v in h1_options.items() if k != "reference"},
+            "reference": str(reference) if reference else None,
+            "random_store": str(random_store) if random_store else None,
+            "vs": [str(p) for p in vs_runs], "means": str(means) if means else None}
+
+
+def _detections(stores: list, method, layer: str | None, reference: str | Path, seed: int, n_boot: int,
+                say: Callable[[str], None]) -> list:
+    """``detect-errors`` of every (store, method) against ``reference`` (the report's ``--reference``)."""
+    from camstat.detection import detect_errors
+
+    found = []
+    for s in stores:
+        for m in _parse_methods(method, s):
+            say(f"detecting errors in {s.path} ({m})")
+            found.append(detect_errors(s, reference, method=m, layer=layer, seed=seed, n_boot=n_boot))
+    return found
+
+
+def _scored(stores: list, layer: str | None) -> list[dict]:
+    """The saved ``camstat faithfulness`` result of every store that has been scored."""
+    from camstat.faithfulness import saved_result
+
+    return [d for d in (saved_result(s, layer) for s in stores) if d is not None]
+
+
+def _section_figures(out: Path, detections: list, scored: list[dict]) -> list[tuple[str, str, str]]:
+    """ROC and risk-coverage figures of each detection result, MoRF/LeRF curves of each scored store."""
+    from camstat.present import detection, faithfulness
+
+    figs = []
+    for i, r in enumerate(detections):
+        figs += detection.figures(r, out, detection.slug(i, r.to_dict()))
+    for i, d in enumerate(scored):
+        figs.append(faithfulness.curves_figure(d, out, name=f"fig-faithfulness-{i}.png", section=f"faithfulness-{i}"))
+    return figs
+
+
 def _provenance(options: dict, command: str | None, stores: list, rnd, runs: list[Path]) -> dict:
     from camstat.provenance import command_line, now, versions
 
@@ -316,8 +372,8 @@ def _provenance(options: dict, command: str | None, stores: list, rnd, runs: lis
             "runs": [_run_provenance(p) for p in runs]}
 
 
-def _figures(out: Path, analyses: list[_Analysis], results: dict, *, primary: str | None, gallery: int, seed: int,
-             say: Callable[[str], None]) -> list[tuple[str, str, str]]:
+def _figures(out: Path, analyses: list[_Analysis], detections: list, results: dict, *, primary: str | None,
+             gallery: int, seed: int, say: Callable[[str], None]) -> list[tuple[str, str, str]]:
     """Every figure, as (section key, file, caption); those of an earlier report in ``out`` go first."""
     from camstat.present import figures
 
@@ -330,7 +386,7 @@ def _figures(out: Path, analyses: list[_Analysis], results: dict, *, primary: st
         figs += figures.analysis_figures(an, out, primary=primary, gallery=gallery, seed=seed)
     if results["runs"]:
         figs += figures.run_figures(results["runs"], results["compare"], out)
-    return figs
+    return figs + _section_figures(out, detections, results["faithfulness"])
 
 
 def _jsonable(obj: Any) -> Any:

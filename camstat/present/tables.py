@@ -262,11 +262,22 @@ def table_runs(runs: list[dict], src: str, key: str) -> Table:
     )
 
 
+# ROAD faithfulness of the runs' scored test stores (camstat.compare), when there is any
+FAITHFULNESS_COLUMNS = {"road_combined": "ROAD combined", "road_vs_random": "ROAD vs random",
+                        "road_vs_class_mean": "ROAD vs class mean"}
+
+
+def _h2_metrics(c: dict) -> list[tuple[str, int | None]]:
+    """(metric, decimals or None for significant digits) of the H2 tables: faithfulness too when scored."""
+    return [("accuracy", 3), ("dist", None), ("ssim", None)] + [
+        (m, None) for m in c.get("families", {}).get("faithfulness", [])]
+
+
 def table_arms(c: dict, src: str, key: str) -> Table:
     rows = []
     for name, arm in c["arms"].items():
         cells = [name, fmt_int(len(arm["runs"]))]
-        for m, dec in (("accuracy", 3), ("dist", None), ("ssim", None)):
+        for m, dec in _h2_metrics(c):
             s = arm[m]
             mean = fmt_fixed(s.get("mean"), dec) if dec else fmt_sig(s.get("mean"))
             sd = (fmt_fixed(s.get("sd"), dec) if dec else fmt_sig(s.get("sd"), 2)) if finite(s.get("sd")) else ""
@@ -275,23 +286,27 @@ def table_arms(c: dict, src: str, key: str) -> Table:
         rows.append(cells)
     ref = ("each run's own class means (leave-one-out)" if c["reference"] == "self"
            else f"class means of {c['reference']}")
+    faith = [FAITHFULNESS_COLUMNS[m] for m, _ in _h2_metrics(c)[3:]]
     return Table(
         key=key, source=src,
         caption=(f"H2, per arm: held-out accuracy and consistency (dist: mean squared distance, ssim: SSIM of each "
                  f"held-out map to {ref}); mean ± SD over runs (seeds) with t-based 95% CI where there are 2 or "
-                 f"more runs."),
-        columns=["arm", "runs", "accuracy", "dist", "ssim"], rows=rows,
+                 f"more runs."
+                 + (" ROAD faithfulness of each run's maps on its scored test store RUN/test.zarr: combined score "
+                    "(higher = more faithful) and its mean paired difference against random and class-mean maps; "
+                    "runs without a scored store are left out." if faith else "")),
+        columns=["arm", "runs", "accuracy", "dist", "ssim", *faith], rows=rows,
     )
 
 
 def table_paired(c: dict, src: str, key: str) -> Table:
     rows = []
-    for m, dec in (("accuracy", 3), ("dist", None), ("ssim", None)):
+    for m, dec in _h2_metrics(c):
         p = c["paired"].get(m) or {}
         diff = fmt_fixed(p.get("mean_diff"), dec, sign=True) if dec else fmt_sig(p.get("mean_diff"))
         ci = fmt_ci(p.get("ci95"), dec) if dec else fmt_ci_sig(p.get("ci95"))
         rows.append([m, fmt_int(p.get("n")), with_ci(diff, ci), fmt_p(p.get("p_ttest")), fmt_p(p.get("p_wilcoxon"))])
-    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m in ("accuracy", "dist", "ssim")
+    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m, _ in _h2_metrics(c)
                                if (c["paired"].get(m) or {}).get("note")))
     return Table(
         key=key, source=src,

@@ -6,8 +6,19 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from camstat.present.tables import Table as Cells
 from camstat.present.text import (ci, class_mix, composition_text, fmt_p, num, orientation_text, random_text,
                                   random_warning, reference_kind, verdict_text)
+
+
+def from_cells(t: Cells) -> Table:
+    """A report table (already formatted cells) as a rich table: its caption the title, the same cells."""
+    table = Table(title=t.caption)
+    for col, align in zip(t.columns, t.align):
+        table.add_column(col, justify="left" if align == "l" else "right")
+    for row in t.rows:
+        table.add_row(*row)
+    return table
 
 
 def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table:
@@ -158,6 +169,15 @@ def render_extract(r: dict, shard: str | None = None) -> list:
             f"{', '.join(r['layers'])}; {r['processed']} processed at {num(r['images_per_second'], '.1f')} img/s"
             + ("" if r["complete"] else " (store not complete yet: other shards pending)")
             + ("" if r.get("owned_chunks", 1) else f" (shard {shard} owns no chunk: nothing to do)")]
+
+
+def render_verify(v: dict) -> list:
+    """``camstat verify``: what was checked, and the arrays that carry no checksum (damaged chunks: see the CLI)."""
+    items: list = [f"{v['store']}: {v['chunks']} chunks in {v['arrays']} arrays checked"]
+    if v["unchecksummed"]:
+        items.append(f"{len(v['unchecksummed'])} of {v['arrays']} arrays carry no checksum (written before camstat"
+                     " checksummed chunks): a flipped bit inside them goes unnoticed; re-extract to add checksums")
+    return items
 
 
 INFO_KEYS = ("model", "checkpoint", "checkpoint_sha256", "data", "split", "n", "done", "complete", "accuracy",
