@@ -38,8 +38,12 @@ for m in gradcam gradcam++; do
   # Step 3: can the maps tell errors, better than confidence? Class means from the train split, never the test's.
   camstat detect-errors "$TEST" --reference "$REF" --method $m --json "$H1/detect-$m.json"
 done
-# Step 4: reports (both methods each): H1 with leave-one-out means; H1 within composition clusters of the model's
-# own features, clustered within each predicted class (class and composition both held constant). README tables: python studies/chest-xray/h1/tables.py (reads only the JSON above).
+# Step 4: reports (both methods each): H1 with leave-one-out means; with the train reference and the detect-errors
+# section; H1 within composition clusters of the model's own features, clustered within each predicted class
+# (class and composition both held constant). README: python studies/chest-xray/h1/tables.py (reads the JSON only).
 camstat report "$TEST" --out "$H1/report" --title "Chest X-ray (PneumoniaMNIST, ResNet-20): H1"
+# With --reference the report adds the detect-errors section (and measures H1 against the train split's means).
+camstat report "$TEST" --reference "$REF" --out "$H1/report-errors" \
+  --title "Chest X-ray: H1 against train-split means, and error detection"
 camstat report "$TEST" --by cluster --features embedding --clusters auto --within-class \
   --out "$H1/report-cluster-embedding" --title "Chest X-ray: H1 within composition clusters (embedding, within class)"

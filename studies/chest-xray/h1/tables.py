@@ -262,7 +262,9 @@ Grad-CAM++ at `layer3`, explaining the predicted class. H1 analyses use leave-on
 the same group (class or cluster); detect-errors uses the train split's correct maps as class means. The verdict
 follows SPEC 4: `dist`'s pooled permutation p, Holm-adjusted over the two methods of a grouping, below 0.05 *and*
 its within-group AUC 95 % CI above 0.5. `--features mask` does not apply: these X-rays have no object masks or
-boxes. Reports: `report/` (by correct) and `report-cluster-embedding/` (embedding clusters within class)."""
+boxes. Reports: `report/` (by correct), `report-errors/` (H1 against the train-split means, and the
+detect-errors section with ROC and risk-coverage figures) and `report-cluster-embedding/` (embedding clusters within
+class)."""
 
 
 def readme() -> str:
