@@ -110,6 +110,11 @@ PairSampleOpt = Annotated[int, typer.Option("--pair-sample", help="At most this 
 SizeOpt = Annotated[Optional[int], typer.Option("--size", help="Analysis size in pixels (default: the store's "
                                                 "input size).")]
 QOpt = Annotated[float, typer.Option("--q", help="Top fraction of pixels for the IoU masks.")]
+PrimaryOpt = Annotated[Optional[str], typer.Option("--primary", help="Consistency metric that decides the H1 verdict "
+                                                   "(default: dist), Holm-adjusted across the command's analyses; the "
+                                                   "other consistency metrics are secondary.")]
+NullRepeatsOpt = Annotated[int, typer.Option("--null-repeats", help="Repeats of the whole pipeline under the null "
+                                             "for --control permuted (seeded).")]
 
 
 def human(json_path: Optional[Path]) -> Console:
@@ -432,7 +437,7 @@ def sweep(
 def consistency(
     store: Path = typer.Argument(..., help="A complete camstat store."),
     by: ByOpt = By.correct,
-    method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
+    method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first); a comma list analyses each, with one H1 verdict family across them (JSON: {\"analyses\": [...]})."),
     layer: LayerOpt = None,
     target: TargetOpt = Target.pred,
     metrics: MetricsOpt = None,
@@ -443,7 +448,9 @@ def consistency(
     bootstrap: BootstrapOpt = 2000,
     min_group: MinGroupOpt = 5,
     seed: SeedOpt = 0,
-    control: Optional[Control] = typer.Option(None, "--control", help="permuted: also run with correctness shuffled within class (the effect must vanish)."),
+    control: Optional[Control] = typer.Option(None, "--control", help="permuted: also run the whole pipeline under the null (correctness shuffled within class, references rebuilt, tests rerun) --null-repeats times; its rejection rate must be near alpha."),
+    null_repeats: NullRepeatsOpt = 200,
+    primary: PrimaryOpt = None,
     random_store: RandomStoreOpt = None,
     clusters: ClustersOpt = "8",
     features: FeaturesOpt = Features.thumbnail,
@@ -456,18 +463,23 @@ def consistency(
 ) -> None:
     """Consistency metrics and H1 tests: are correct predictions' maps closer to their class's mean map?"""
     from camstat.h1 import analyze
+    from camstat.h1.verdicts import primary_verdicts
 
-    with progress_bar("consistency") as update:
-        result = analyze(
-            store, method=method, layer=layer, target=target.value, by=by.value, metrics=metrics,
-            class_of=class_of.value, reference=reference, size=size, q=q, correction=correction.value, permutations=permutations, n_boot=bootstrap,
-            min_group=min_group, seed=seed, control=None if control in (None, Control.none) else control.value,
-            random_store=random_store, clusters=clusters, features=features.value, within_class=within_class,
-            pair_sample=pair_sample, save=save, progress=update,
-        )
-    d = result.to_dict()
-    show(render_consistency(d), json_path)
-    write_json(json_path, d)
+    results = []
+    for m in [m.strip() for m in method.split(",") if m.strip()] if method else [None]:
+        with progress_bar(f"consistency {m or ''}".strip()) as update:
+            results.append(analyze(
+                store, method=m, layer=layer, target=target.value, by=by.value, metrics=metrics,
+                class_of=class_of.value, reference=reference, size=size, q=q, correction=correction.value,
+                permutations=permutations, n_boot=bootstrap, min_group=min_group, seed=seed,
+                control=None if control in (None, Control.none) else control.value, null_repeats=null_repeats,
+                primary=primary, random_store=random_store, clusters=clusters, features=features.value,
+                within_class=within_class, pair_sample=pair_sample, save=save, progress=update,
+            ).to_dict())
+    primary_verdicts(results, correction=correction.value)  # one verdict family: the command's analyses
+    for d in results:
+        show(render_consistency(d), json_path)
+    write_json(json_path, results[0] if len(results) == 1 else {"analyses": results})
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -486,14 +498,15 @@ def report(
     bootstrap: BootstrapOpt = 2000,
     min_group: MinGroupOpt = 5,
     seed: SeedOpt = 0,
-    control: Control = typer.Option("permuted", "--control", help="permuted (correctness shuffled within class; the effect must vanish) or none."),
+    control: Control = typer.Option("permuted", "--control", help="permuted (the whole pipeline under the null, --null-repeats times; rejection rate must be near alpha) or none."),
+    null_repeats: NullRepeatsOpt = 200,
     random_store: RandomStoreOpt = None,
     clusters: ClustersOpt = "8",
     features: FeaturesOpt = Features.thumbnail,
     within_class: WithinClassOpt = False,
     means: Optional[Path] = typer.Option(None, "--means", help="compare: measure run consistency against this train-split store's class means."),
     names: Optional[str] = typer.Option(None, "--names", help="compare: arm names A,B (default: from lambda and loss)."),
-    primary: Optional[str] = typer.Option(None, "--primary", help="Metric the galleries sort by (default: dist)."),
+    primary: PrimaryOpt = None,
     gallery: int = typer.Option(8, "--gallery", help="Images per gallery row (most / least consistent)."),
     title: Optional[str] = typer.Option(None, "--title", help="Title of report.md."),
     json_path: Optional[Path] = JsonOpt,
@@ -513,8 +526,7 @@ def report(
         metrics=metrics, class_of=class_of.value, reference=reference, correction=correction.value, permutations=permutations, n_boot=bootstrap,
         min_group=min_group, seed=seed, control=control.value, random_store=random_store, clusters=clusters,
         features=features.value, within_class=within_class, names=names.split(",") if names else None, means=means,
-        primary=primary, gallery=gallery, title=title,
-        progress=say,
+        primary=primary, null_repeats=null_repeats, gallery=gallery, title=title, progress=say,
     )
     for line in result.summary:
         human(json_path).print(f"- {line}", highlight=False, soft_wrap=True)

@@ -16,7 +16,7 @@ to the wrong place", which is what H1 is about. The steps, with fixed seeds:
 4. train a regularised model (``L = L_cls + lambda * L_cam`` towards those
    means), same seed, same data order;
 5. :func:`camstat.present.report.report`: the H1 analysis of the baseline's test
-   store for both methods with the permuted-label and random-weights
+   store for both methods with the null-pipeline and random-weights
    controls, learning curves and the comparison regularised vs baseline.
 
 Stores go to ``WORK/store/demo/`` and runs to ``WORK/runs/demo/`` (both
@@ -31,8 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from camstat.metrics import oriented_auc
-from camstat.present.text import fmt_fixed, fmt_sig, p_phrase
+from camstat.present.text import fmt_ci, fmt_fixed, fmt_sig, method_name, p_phrase, summary_roles, verdict_headline
 
 
 @dataclass(frozen=True)
@@ -130,22 +129,21 @@ def demo(
 def summarize(results: dict, cfg: DemoConfig) -> list[str]:
     """Three lines: H1 on the baseline, the controls, H2 -- every number from the report's results."""
     d = results["consistency"][0]
-    m = d["metrics"]["dist"]
-    p = m["pooled"]
-    auc, ci = oriented_auc(p["auc"], p["auc_ci95"], m["higher_is_more_consistent"])
-    supported = sum(1 for x in d["metrics"].values() if x["verdict"]["direction"] == "supported"
-                    and x["verdict"]["significant"])
-    lines = [f"H1 (baseline, {d['method']}, n = {d['n']}, accuracy {fmt_fixed(d['accuracy'], 3)}): correct images' "
-             f"maps are {'closer to' if m['verdict']['direction'] == 'supported' else 'not closer to'} their class "
-             f"mean (dist: pooled Cliff's delta {fmt_fixed(p['statistic'], 2, sign=True)}, permutation "
-             f"{p_phrase(p['p_permutation'])}, AUC {fmt_fixed(auc, 2)}); {supported}/{len(d['metrics'])} metrics "
-             f"significant in H1's direction"]
+    lines = [f"H1 (baseline, {method_name(d['method'])}, n = {d['n']}, accuracy {fmt_fixed(d['accuracy'], 3)}): "
+             f"{verdict_headline(d)}{summary_roles(d)}"]
     ctl = d["controls"]
-    perm_sig = sum(1 for x in ctl["permuted"]["metrics"].values() if x["verdict"]["significant"])
-    rnd = ctl["random_weights"]["metrics"]["dist"]
-    r_auc, r_ci = oriented_auc(rnd["auc_random"], rnd["auc_random_ci95"], False)
-    lines.append(f"controls: with correctness permuted {perm_sig}/{len(ctl['permuted']['metrics'])} metrics stay "
-                 f"significant; random-weight maps predict correctness with AUC {fmt_fixed(r_auc, 2)} (dist)")
+    parts = []
+    npl = ctl.get("null_pipeline")
+    if npl and "metrics" in npl and d.get("primary") in npl["metrics"]:
+        m = npl["metrics"][d["primary"]]
+        parts.append(f"the whole pipeline under the null rejects in {fmt_fixed(m['rejection_rate'], 3)} "
+                     f"{fmt_ci(m.get('rejection_rate_ci95'), 3)} of {npl['repeats']} repeats at {npl['alpha']} "
+                     f"({d['primary']})")
+    rnd = (ctl.get("random_weights") or {}).get("metrics", {}).get(d.get("primary"))
+    if rnd:
+        parts.append(f"random-weight maps: within-class AUC {fmt_fixed(rnd['auc_within_class_random'], 2)} "
+                     f"{fmt_ci(rnd['auc_within_class_random_ci95'])} ({d['primary']})")
+    lines.append("controls: " + "; ".join(parts) if parts else "controls: none run")
     c = results.get("compare")
     if c:
         a, b = list(c["arms"])

@@ -1094,6 +1094,8 @@ def confidence_adjusted_test(
     sd = _pooled_within_sd(v, ck)
     if not np.isfinite(sd) or sd == 0:
         return fail("metric is constant within classes: odds ratio undefined", sd)
+    if np.unique(confidence_covariates(z_logits[keep])[0]).size < int(spline_df) + 1:
+        return fail(f"confidence takes fewer than {int(spline_df) + 1} distinct values: no spline of it", sd)
     dummies = (ck[:, None] == np.arange(1, ck.max() + 1)[None, :]).astype(float)
     X0 = np.column_stack([np.ones(n), dummies, _confidence_design(z_logits[keep], spline_df)])
     X1 = np.column_stack([X0[:, :1], (v - v.mean()) / sd, X0[:, 1:]])

@@ -24,7 +24,10 @@ K = 6
 FAST = dict(permutations=499, n_boot=200)
 SPEC_ROW_KEYS = {"class", "n_correct", "n_incorrect", "median_correct", "median_incorrect", "p_value", "p_adjusted",
                  "cliffs_delta", "ci95"}
-SPEC_POOLED_KEYS = {"p_permutation", "odds_ratio_per_sd", "p_lrt", "p_lrt_given_confidence", "auc", "auc_ci95"}
+SPEC_POOLED_KEYS = {"p_permutation", "p_adjusted", "odds_ratio_per_sd", "p_lrt", "odds_ratio_per_sd_given_confidence",
+                    "odds_ratio_ci95_given_confidence", "p_lrt_given_confidence", "auc_within_class",
+                    "auc_within_class_ci95", "auc_marginal", "auc_marginal_ci95"}
+SPEC_VERDICT_KEYS = {"primary", "supported", "p_adjusted", "auc_within_class", "auc_within_class_ci95"}
 
 
 def _prototype(c: int, h: int = 8, w: int = 8) -> np.ndarray:
@@ -83,7 +86,8 @@ def stores(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def h1(stores) -> dict:
-    return analyze(stores["main"], by="correct", control="permuted", save=False, seed=1, **FAST).to_dict()
+    return analyze(stores["main"], by="correct", control="permuted", null_repeats=40, save=False, seed=1,
+                   **FAST).to_dict()
 
 
 def _files(path: Path, skip_derived: bool = True) -> dict[str, str]:
@@ -100,13 +104,13 @@ def test_h1_detected_with_the_right_sign(h1):
     for key in ("dist", "ssim", "corr", "iou", "com"):
         m = h1["metrics"][key]
         assert m["higher_is_more_consistent"] == metrics.PER_IMAGE[key].higher_is_more_consistent
-        assert m["verdict"]["direction"] == "supported", key
-        assert m["verdict"]["significant"], key
+        assert m["finding"]["direction"] == "supported", key
+        assert m["finding"]["significant"] and m["finding"]["outcome"] == "better", key
         assert m["pooled"]["p_permutation"] < 0.01
-        assert m["verdict"]["auc_consistency"] > 0.8
+        assert m["pooled"]["auc_within_class"] > 0.8  # H1's orientation, whatever the metric's
     dist = h1["metrics"]["dist"]
-    assert dist["pooled"]["statistic"] < 0  # lower distance for correct images
-    assert dist["pooled"]["auc"] < 0.2  # AUC of the metric as given
+    assert dist["pooled"]["statistic"] < 0  # lower distance for correct images (delta of the metric as given)
+    assert dist["pooled"]["auc_within_class"] == pytest.approx((1 - dist["pooled"]["statistic"]) / 2)
     for row in dist["per_class"]:
         assert row["median_correct"] < row["median_incorrect"] and row["cliffs_delta"] < 0
     assert h1["metrics"]["ssim"]["pooled"]["statistic"] > 0
@@ -120,8 +124,8 @@ def test_h1_detected_with_the_right_sign(h1):
     assert h1["metrics"]["entropy"]["n_undefined"] == 0  # reference-free metrics stay defined
     assert "pointing" in h1["metrics"] and "energy" in h1["metrics"]  # the shapes data has masks
     assert list(h1["metrics"]) == metrics.default_metric_names(True)
-    assert "text" not in h1["metrics"]["ssim"]["verdict"]  # results hold numbers and flags; words are present/'s
-    assert "more consistent than incorrect ones" in verdict_text("ssim", h1["metrics"]["ssim"])
+    assert "text" not in h1["metrics"]["ssim"]["finding"]  # results hold numbers and flags; words are present/'s
+    assert "correct images' maps more consistent" in verdict_text("ssim", h1["metrics"]["ssim"])
 
 
 def open_store_classes() -> list[str]:
@@ -146,20 +150,47 @@ def test_json_keys_are_spec_4(h1):
     json.dumps(h1, allow_nan=False)  # strict JSON: no NaN
 
 
-def test_permuted_control_vanishes(h1):
-    # Under the shuffle p is uniform (about 1 seed in 20 gives p < 0.05); this seed is a typical one.
-    ctl = h1["controls"]["permuted"]
-    assert ctl["n_changed"] > 0
-    for key in ("dist", "ssim", "corr", "iou"):
-        real, shuffled = h1["metrics"][key]["pooled"], ctl["metrics"][key]["pooled"]
-        assert real["p_permutation"] < 0.01
-        assert shuffled["p_permutation"] > 0.05, key
-        assert abs(shuffled["statistic"]) < 0.25 * abs(real["statistic"])
-        assert not ctl["metrics"][key]["verdict"]["significant"]
-        assert set(ctl["metrics"][key]) >= {"per_class", "pooled", "skipped"}
-    # the whole pipeline under the null (references rebuilt from shuffled labels) is reported too
-    rebuilt = ctl["rebuilt_references"]["metrics"]["dist"]
-    assert rebuilt["direction"] in ("supported", "opposite", "none") and 0 < rebuilt["p_permutation"] <= 1
+def test_verdict_rule_and_roles(h1):
+    """SPEC 4's verdict: the primary metric only, adjusted p < alpha and within-class AUC CI above 0.5."""
+    v = h1["verdict"]
+    assert SPEC_VERDICT_KEYS <= set(v) and v["primary"] == "dist" == h1["primary"]
+    dist = h1["metrics"]["dist"]["pooled"]
+    assert v["p_adjusted"] == dist["p_adjusted"] == dist["p_permutation"]  # a family of one analysis
+    assert v["auc_within_class"] == dist["auc_within_class"] and v["auc_within_class_ci95"] == dist[
+        "auc_within_class_ci95"]
+    assert v["supported"] is (v["p_adjusted"] < 0.05 and v["auc_within_class_ci95"][0] > 0.5) is True
+    roles = {k: m["role"] for k, m in h1["metrics"].items()}
+    assert roles == {"dist": "primary", "ssim": "secondary", "iou": "secondary", "corr": "secondary",
+                     "com": "secondary", "entropy": "concentration", "spread": "concentration",
+                     "pointing": "localisation", "energy": "localisation"}
+    assert {k: m["family"] for k, m in h1["metrics"].items()} == {k: metrics.family(k) for k in h1["metrics"]}
+    # secondary metrics adjusted across themselves (Holm), concentration across itself
+    from statsmodels.stats.multitest import multipletests
+
+    for role in ("secondary", "concentration"):
+        names = [k for k, r in roles.items() if r == role]
+        p = [h1["metrics"][k]["pooled"]["p_permutation"] for k in names]
+        np.testing.assert_allclose([h1["metrics"][k]["pooled"]["p_adjusted"] for k in names],
+                                   multipletests(p, method="holm")[1])
+
+
+def test_dispersion_and_null_pipeline_keys(h1):
+    disp = h1["dispersion"]
+    assert {"per_class", "pooled"} <= set(disp) and {"statistic", "p_permutation"} <= set(disp["pooled"])
+    for row in disp["per_class"]:
+        assert {"class", "dispersion_correct", "dispersion_incorrect", "p_value"} <= set(row)
+        # planted: incorrect maps are noise around a weak prototype, far less consistent among themselves
+        assert row["dispersion_incorrect"] > row["dispersion_correct"]
+    assert disp["pooled"]["statistic"] > 0 and disp["pooled"]["p_permutation"] < 0.01
+    npl = h1["controls"]["null_pipeline"]
+    assert npl["repeats"] == 40 and npl["alpha"] == 0.05
+    assert set(npl["metrics"]) == set(h1["metrics"]) - {"pointing", "energy"}  # mask metrics need no reference
+    for m in npl["metrics"].values():
+        assert {"rejection_rate", "delta_quantiles", "auc_within_class_quantiles"} <= set(m)
+        assert len(m["delta_quantiles"]) == len(m["auc_within_class_quantiles"]) == 3
+        assert m["rejection_rate_ci95"][0] <= m["rejection_rate"] <= m["rejection_rate_ci95"][1]
+    cb = h1["confidence_baseline"]
+    assert 0 <= cb["auc_within_class"] <= 1 and cb["n"] == N
 
 
 def test_loo_reference_never_contains_the_image(stores):
@@ -192,8 +223,11 @@ def test_reference_store(stores):
     ref = d["params"]["reference"]
     assert ref["path"] == str(stores["train"]) and ref["split"] == "train" and len(ref["means_sha256"]) == 64
     assert d["undefined_reference"]["n"] == 0  # every class has correct training maps
-    assert d["metrics"]["dist"]["verdict"]["direction"] == "supported"
-    assert d["metrics"]["dist"]["verdict"]["significant"]
+    assert d["metrics"]["dist"]["finding"]["outcome"] == "better" and d["verdict"]["supported"]
+    # references from another store do not depend on the labels: no null pipeline to rebuild
+    e = analyze(stores["main"], reference=stores["train"], metrics="dist", control="permuted", null_repeats=5,
+                save=False, **FAST).to_dict()
+    assert e["controls"]["null_pipeline"] == {"skipped": "fixed_reference"}
     with pytest.raises(CamstatError, match="itself"):
         analyze(stores["main"], reference=stores["main"], save=False)
     assert main(["consistency", str(stores["main"]), "--reference", str(stores["tmp"] / "nope.zarr")]) == 2
@@ -243,23 +277,28 @@ def test_random_store_sanity_check(stores):
     assert rc["store"]["path"] == str(stores["random"])
     for key in ("dist", "ssim", "entropy"):
         row = rc["metrics"][key]
-        assert {"median_trained", "median_random", "auc_trained", "auc_random", "random_over_trained",
+        assert {"median_trained", "median_random", "auc_within_class_trained", "auc_within_class_random",
+                "auc_within_class_random_ci95", "auc_marginal_random", "random_over_trained",
                 "paired_trained_minus_random"} <= set(row)
         assert row["median_trained"] == pytest.approx(np.nanmedian(res.values[key]), rel=1e-9)
         assert row["median_random"] == pytest.approx(np.nanmedian(res.controls["random_weights"][key]), rel=1e-9)
     # the planted (trained) effect is strong; the random model's maps know nothing about correctness
-    assert abs(rc["metrics"]["dist"]["auc_random"] - 0.5) < abs(rc["metrics"]["dist"]["auc_trained"] - 0.5)
+    dist = rc["metrics"]["dist"]
+    assert dist["auc_within_class_trained"] == d["metrics"]["dist"]["pooled"]["auc_within_class"]
+    assert dist["auc_within_class_random_ci95"][0] < 0.5 < dist["auc_within_class_random_ci95"][1]
+    assert dist["auc_within_class_trained_ci95"][0] > 0.9
     with pytest.raises(CamstatError, match="does not match"):
         analyze(stores["main"], random_store=stores["train"], save=False)
 
 
 def test_same_seed_same_json(stores):
-    kw = dict(by="correct", metrics="dist,iou", control="permuted", save=False, permutations=199, n_boot=100)
+    kw = dict(by="correct", metrics="dist,iou", control="permuted", null_repeats=10, save=False, permutations=199,
+              n_boot=100)
     a = analyze(stores["main"], seed=3, **kw).to_dict()
     b = analyze(stores["main"], seed=3, **kw).to_dict()
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     c = analyze(stores["main"], seed=4, **kw).to_dict()
-    assert c["controls"]["permuted"]["metrics"]["dist"] != a["controls"]["permuted"]["metrics"]["dist"]
+    assert c["controls"]["null_pipeline"]["metrics"]["dist"] != a["controls"]["null_pipeline"]["metrics"]["dist"]
 
 
 def test_derived_results_leave_primary_data_untouched(stores):
@@ -309,12 +348,16 @@ def test_cli(stores, tmp_path, capsys):
     path = str(stores["main"])
     out = tmp_path / "h1.json"
     code = main(["consistency", path, "--metrics", "dist,ssim", "--permutations", "199", "--bootstrap", "100",
-                 "--control", "permuted", "--no-save", "--json", str(out)])
+                 "--control", "permuted", "--null-repeats", "5", "--no-save", "--json", str(out)])
     assert code == 0
     d = json.loads(out.read_text())
-    assert set(d["metrics"]) == {"dist", "ssim"} and d["controls"]["permuted"] is not None
+    assert set(d["metrics"]) == {"dist", "ssim"} and d["controls"]["null_pipeline"]["repeats"] == 5
     text = capsys.readouterr().out
-    assert "p_perm" in text and "H1 direction supported" in text
+    assert "p_perm" in text and "verdict: H1 supported (primary metric dist" in text
+    assert main(["consistency", path, "--metrics", "dist,ssim", "--primary", "entropy"]) == 2
+    assert "not a consistency metric" in capsys.readouterr().err
+    assert main(["consistency", path, "--metrics", "dist", "--primary", "ssim"]) == 2
+    assert "add it to --metrics" in capsys.readouterr().err
     assert main(["consistency", path, "--by", "bogus"]) == 2
     assert "'bogus' is not one of 'correct', 'class', 'cluster'" in capsys.readouterr().err  # --help lists them too
     assert main(["consistency", path, "--metrics", "dist,foo"]) == 2
@@ -324,3 +367,64 @@ def test_cli(stores, tmp_path, capsys):
     assert "not a camstat store" in capsys.readouterr().err
     assert main(["consistency", path, "--control", "shuffle"]) == 2
     assert main(["consistency", path, "--class-of", "true"]) == 2
+
+
+def _plant_null(path: Path, seed: int) -> None:
+    """Maps independent of correctness: each image's map is its class prototype at a random strength plus noise."""
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="r+")
+    pred = root["samples/pred"][:]
+    strength = rng.uniform(0.2, 1.0, pred.size).astype(np.float32)
+    noise = rng.random((pred.size, 8, 8)).astype(np.float32)
+    protos = np.stack([_prototype(int(c)) for c in pred])
+    root["maps/gradcam/features/pred"][:] = strength[:, None, None] * protos + 0.6 * noise
+
+
+def test_null_pipeline_rejects_near_alpha_on_null_data(stores):
+    """--control permuted: on maps unrelated to correctness the whole pipeline rejects in about alpha of repeats;
+    on the planted effect's maps it is the leave-one-out asymmetry (correct images' references lack the image)
+    that the rebuilt references show, in the direction against H1, which the control exists to catch."""
+    null = stores["tmp"] / "null.zarr"
+    if not null.exists():
+        shutil.copytree(stores["main"], null)
+        _plant_null(null, seed=5)
+    d = analyze(null, metrics="dist,ssim,corr,entropy", control="permuted", null_repeats=300, save=False,
+                seed=2, permutations=199, n_boot=100).to_dict()
+    npl = d["controls"]["null_pipeline"]
+    for key, m in npl["metrics"].items():
+        assert m["n_tests"] == 300
+        assert 0.02 <= m["rejection_rate"] <= 0.09, (key, m["rejection_rate"])
+        assert 0.45 < m["auc_within_class_quantiles"][1] < 0.55
+    assert not d["verdict"]["supported"]
+    # the planted effect's maps: correct maps form a tight mode, so under shuffled labels the leave-one-out
+    # reference of a correct-labelled image leans away from its own mode and the null rejections pile up on
+    # the side *against* H1 (AUC below 0.5), far above alpha
+    e = analyze(stores["main"], metrics="dist", control="permuted", null_repeats=100, save=False, seed=2,
+                permutations=99, n_boot=0).to_dict()
+    m = e["controls"]["null_pipeline"]["metrics"]["dist"]
+    assert m["rejection_rate"] > 0.2 and m["auc_within_class_quantiles"][1] < 0.5
+    assert m["rejection_near_alpha"] is False
+
+
+def test_primary_verdicts_adjust_across_the_commands_analyses():
+    """Holm across the primary metric's analyses (methods x layers x targets), then the CI rule, per analysis."""
+    from camstat.h1.verdicts import primary_verdicts
+
+    def result(method: str, p: float, auc: float, ci: list) -> dict:
+        pooled = {"p_permutation": p, "auc_within_class": auc, "auc_within_class_ci95": ci}
+        return {"method": method, "layer": "l", "target": "pred", "primary": "dist", "params": {"correction": "holm"},
+                "metrics": {"dist": {"pooled": pooled, "higher_is_more_consistent": False}}}
+
+    a, b, c = result("a", 0.02, 0.60, [0.55, 0.65]), result("b", 0.03, 0.58, [0.51, 0.64]), result(
+        "c", 0.001, 0.45, [0.40, 0.49])
+    by_class = {"method": "d", "primary": None, "metrics": {}}
+    primary_verdicts([a, b, c, by_class])
+    # Holm over three: 0.001 * 3, 0.02 * 2, 0.03 * 1
+    assert [d["verdict"]["p_adjusted"] for d in (a, b, c)] == pytest.approx([0.04, 0.04, 0.003])
+    assert a["verdict"]["supported"] and b["verdict"]["supported"]
+    assert not c["verdict"]["supported"] and c["verdict"]["significant"]  # significant, but CI below 0.5
+    assert c["metrics"]["dist"]["finding"]["outcome"] == "worse"
+    assert a["verdict"]["family_size"] == 3 and by_class["verdict"] is None
+    assert a["metrics"]["dist"]["pooled"]["p_adjusted"] == a["verdict"]["p_adjusted"]
+    primary_verdicts([a])  # alone, the same analysis keeps its own p
+    assert a["verdict"]["p_adjusted"] == 0.02 and a["verdict"]["family_size"] == 1

@@ -561,7 +561,7 @@ def test_constant_cams_give_the_documented_metric_values(ws, capsys, tmp_path, f
         assert np.isfinite(defined).all() and np.allclose(defined, value, atol=1e-5), name
         m = result["metrics"][name]
         pooled = m["pooled"]
-        assert pooled["auc"] == 0.5 and pooled["p_permutation"] == 1.0
+        assert pooled["auc_within_class"] == 0.5 and pooled["auc_marginal"] == 0.5 and pooled["p_permutation"] == 1.0
         if pooled["odds_ratio_per_sd"] is None:  # undefined for a constant metric, and said so
             assert any("constant" in note for note in pooled["notes"])
         for row in m["per_class"]:
@@ -577,7 +577,7 @@ def test_same_checkpoint_same_store_and_same_seed_same_json(ws, capsys, tmp_path
                      "--chunk", "8", "--batch-size", "5", "--store", str(tmp_path / f"{name}.zarr")]) == 0
     assert store_bytes(tmp_path / "a.zarr") == store_bytes(tmp_path / "b.zarr")
     args = ["consistency", str(tmp_path / "a.zarr"), "--min-group", "1", "--permutations", "99", "--bootstrap",
-            "50", "--control", "permuted", "--seed", "7", "--no-save"]
+            "50", "--control", "permuted", "--null-repeats", "20", "--seed", "7", "--no-save"]
     assert main([*args, "--json", str(tmp_path / "1.json")]) == 0
     assert main([*args, "--json", str(tmp_path / "2.json")]) == 0
     assert (tmp_path / "1.json").read_bytes() == (tmp_path / "2.json").read_bytes()

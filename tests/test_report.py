@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -13,6 +14,7 @@ import zarr
 
 from camstat.cli import main
 from camstat.h1 import analyze
+from camstat.h1.verdicts import primary_verdicts
 from camstat.compare import compare_runs
 from camstat.errors import CamstatError
 from camstat.extract import extract
@@ -181,13 +183,6 @@ def resolve(results: dict, source: str):
     return node
 
 
-def oriented(auc, ci, higher):
-    if higher is False:
-        return (None if auc is None else 1 - auc), [None if ci[1] is None else 1 - ci[1],
-                                                    None if ci[0] is None else 1 - ci[0]]
-    return auc, list(ci)
-
-
 def sig_classes(m: dict) -> str:
     higher = m["higher_is_more_consistent"]
     k = sum(1 for r in m["per_class"] if r["p_adjusted"] is not None and r["p_adjusted"] < 0.05
@@ -207,7 +202,13 @@ def check_table(t: dict, results: dict) -> int:
     for row in t["rows"]:
         c = by_col(row)
         first = row[0]
-        if src.endswith(".per_class") and src.startswith("consistency") and "median" in records[0]:  # --by class
+        if src.endswith(".dispersion.per_class"):
+            r = next(r for r in records if r["class"] == first)
+            expect = {"n corr": [r["n_correct"]], "n inc": [r["n_incorrect"]],
+                      "dispersion corr": [r["dispersion_correct"]], "dispersion inc": [r["dispersion_incorrect"]],
+                      "log ratio": [r["statistic"]], "SSIM corr": [r["ssim_correct"]],
+                      "SSIM inc": [r["ssim_incorrect"]], "p": [r["p_value"]]}
+        elif src.endswith(".per_class") and src.startswith("consistency") and "median" in records[0]:  # --by class
             r = next(r for r in records if r["class"] == first)
             expect = {"n": [r["n"]], "n corr": [r["n_correct"]], "n inc": [r["n_incorrect"]], "median": [r["median"]],
                       "median corr": [r["median_correct"]], "median inc": [r["median_incorrect"]]}
@@ -222,33 +223,35 @@ def check_table(t: dict, results: dict) -> int:
             expect = {"n corr": [r["n_correct"]], "n inc": [r["n_incorrect"]], "median corr": [r["median_correct"]],
                       "median inc": [r["median_incorrect"]], "δ [95% CI]": [r["cliffs_delta"], *r["ci95"]],
                       "p": [r["p_value"]], "p adj": [r["p_adjusted"]]}
-        elif src.endswith("controls.permuted.metrics"):
+        elif src.endswith("controls.null_pipeline.metrics"):
             m = records[first]
-            p = m["pooled"]
-            auc, ci = oriented(p["auc"], p["auc_ci95"], m["higher_is_more_consistent"])
-            expect = {"δ": [p["statistic"]], "p perm": [p["p_permutation"]], "AUC [95% CI]": [auc, *ci]}
-            assert c[next(h for h in head if h.startswith("sig. "))] == sig_classes(m)
-            assert c["p perm < 0.05"] == ("yes" if m["verdict"]["significant"] else "no")
-            checked += 2
+            g = head[-1].split()[2]
+            expect = {"repeats": [m["n_tests"]],
+                      "rejection rate at 0.05 [95% CI]": [m["rejection_rate"], *m["rejection_rate_ci95"]],
+                      "δ quantiles": m["delta_quantiles"],
+                      f"AUC within {g} quantiles": m["auc_within_class_quantiles"]}
         elif src.endswith("controls.random_weights.metrics"):
             m = records[first]
-            h = m["higher_is_more_consistent"]
-            at, cit = oriented(m["auc_trained"], m["auc_trained_ci95"], h)
-            ar, cir = oriented(m["auc_random"], m["auc_random_ci95"], h)
             pt = m["paired_trained_minus_random"]
             expect = {"median trained": [m["median_trained"]], "median random": [m["median_random"]],
-                      "AUC trained": [at, *cit], "AUC random": [ar, *cir],
+                      "AUC within class trained": [m["auc_within_class_trained"], *m["auc_within_class_trained_ci95"]],
+                      "AUC within class random": [m["auc_within_class_random"], *m["auc_within_class_random_ci95"]],
+                      "marginal AUC random": [m["auc_marginal_random"], *m["auc_marginal_random_ci95"]],
                       "mean diff [95% CI]": [pt["mean_diff"], *pt["ci95"]], "p": [pt["p_wilcoxon"]]}
         elif src.startswith("consistency") and src.endswith(".metrics"):
             m = records[first]
             p = m["pooled"]
-            auc, ci = oriented(p["auc"], p["auc_ci95"], m["higher_is_more_consistent"])
-            expect = {"n": [p["n"]], "δ": [p["statistic"]], "p perm": [p["p_permutation"]],
-                      "OR/SD [95% CI]": [p["odds_ratio_per_sd"], *p["odds_ratio_ci95"]], "p LRT": [p["p_lrt"]],
-                      "p LRT | conf": [p["p_lrt_given_confidence"]], "AUC [95% CI]": [auc, *ci]}
-            assert c["more consistent"] == ("higher" if m["higher_is_more_consistent"] else "lower")
+            g = head[4].split()[2]
+            expect = {"n": [p["n"]], f"AUC within {g} [95% CI]": [p["auc_within_class"], *p["auc_within_class_ci95"]],
+                      "δ": [p["statistic"]], "p perm": [p["p_permutation"]], "p adj": [p["p_adjusted"]],
+                      "OR/SD | conf [95% CI]": [p["odds_ratio_per_sd_given_confidence"],
+                                                *(p["odds_ratio_ci95_given_confidence"] or [])],
+                      "p LRT | conf": [p["p_lrt_given_confidence"]],
+                      "marginal AUC [95% CI]": [p["auc_marginal"], *p["auc_marginal_ci95"]]}
+            assert c["better"] == ("higher" if m["higher_is_more_consistent"] else "lower")
+            assert c["role"] == m["role"]
             assert c[next(h for h in head if h.startswith("sig. "))] == sig_classes(m)
-            checked += 2
+            checked += 3
         elif src.endswith(".clusters"):
             j = records["names"].index(first)
             expect = {"n": [records["sizes"][j]], "silhouette": [records["silhouette"][j]]}
@@ -303,7 +306,7 @@ def check_table(t: dict, results: dict) -> int:
         else:
             raise AssertionError(f"no check for table source {src}")
         unchecked = {h for h in head[1:] if not h.startswith("sig. ")} - set(expect) - {
-            "more consistent", "p perm < 0.05", "loss", "subset", "classes", "better", "images"}
+            "role", "better", "loss", "subset", "classes", "images"}
         assert not unchecked, (src, unchecked)
         for col, values in expect.items():
             agrees(c[col], values)
@@ -322,20 +325,31 @@ def test_results_json_is_what_json_gives(made):
     direct = analyze(made["tmp"] / "main.zarr", method="gradcam", control="permuted",
                      random_store=made["tmp"] / "random.zarr", seed=0, save=False, **FAST)
     drop = lambda d: {k: v for k, v in d.items() if k not in ("provenance", "derived")}
-    assert drop(direct.to_dict()) == drop(results["consistency"][0])
+    # the report adjusts the primary metric's p across its two analyses (one verdict family per command);
+    # the same adjustment over the direct record gives the very same record
+    d_direct = direct.to_dict()
+    assert d_direct["verdict"]["family_size"] == 1 and results["consistency"][0]["verdict"]["family_size"] == 2
+    primary_verdicts([d_direct, copy.deepcopy(results["consistency"][1])])
+    assert drop(d_direct) == drop(results["consistency"][0])
     runs = made["runs"]
     cmp = compare_runs([runs["reg-s0"], runs["reg-s1"]], [runs["base-s0"], runs["base-s1"]]).to_dict()
     assert json.loads(json.dumps(cmp)) == results["compare"]
-    # the ROC curves (sklearn) and the AUCs in their legends (the records) agree
-    from sklearn.metrics import roc_auc_score
+    # the within-class ROC curves drawn and the within-class AUCs in their legends (the records) agree:
+    # the area under the weighted average of the per-class curves is the van Elteren-weighted AUC
+    from camstat.present.figures import ROC_GRID, within_class_roc
 
-    correct = direct.to_dict()["n_correct"]
-    y = np.asarray(zarr.open_group(str(made["tmp"] / "main.zarr"))["samples/correct"][:], bool)
-    assert y.sum() == correct
+    root = zarr.open_group(str(made["tmp"] / "main.zarr"))
+    y = np.asarray(root["samples/correct"][:], bool)
+    assert y.sum() == d_direct["n_correct"]
     for name, v in direct.values.items():
         ok = np.isfinite(v)
-        assert roc_auc_score(y[ok], v[ok]) == pytest.approx(results["consistency"][0]["metrics"][name]["pooled"]["auc"],
-                                                            abs=1e-9)
+        higher = d_direct["metrics"][name]["higher_is_more_consistent"]
+        curve = within_class_roc(v[ok] if higher else -v[ok], y[ok], direct.groups[ok])
+        assert np.trapezoid(curve, ROC_GRID) == pytest.approx(
+            results["consistency"][0]["metrics"][name]["pooled"]["auc_within_class"], abs=2e-3)
+    conf = np.asarray(root["samples/confidence"][:], np.float64)
+    assert np.trapezoid(within_class_roc(conf, y, direct.groups), ROC_GRID) == pytest.approx(
+        results["consistency"][0]["confidence_baseline"]["auc_within_class"], abs=2e-3)
     prov = results["provenance"]
     assert len(prov["stores"][0]["content_sha256"]) == 64
     assert prov["random_store"]["path"].endswith("random.zarr")
@@ -350,8 +364,9 @@ def test_every_table_number_equals_its_record(made):
     tex = tex_tables((out / "report.tex").read_text())
     assert len(md) == len(tex) > 0
     kinds = {t["source"].split("consistency[0]")[-1] for t in md}
-    assert {".metrics", ".metrics.dist.per_class", ".controls.permuted.metrics", ".controls.random_weights.metrics",
-            "runs[*].final", "compare.arms", "compare.paired", "compare.mcnemar.per_pair"} <= kinds
+    assert {".metrics", ".metrics.dist.per_class", ".dispersion.per_class", ".controls.null_pipeline.metrics",
+            ".controls.random_weights.metrics", "runs[*].final", "compare.arms", "compare.paired",
+            "compare.mcnemar.per_pair"} <= kinds
     total = 0
     for t_md, t_tex in zip(md, tex):
         assert t_md["key"] == t_tex["key"] and t_md["source"] == t_tex["source"]
@@ -359,7 +374,7 @@ def test_every_table_number_equals_its_record(made):
         total += check_table(t_md, results)
     assert total > 300
     # one per-class table per metric and method; the always-right class is named as skipped
-    per_class = [t for t in md if t["source"].endswith(".per_class")]
+    per_class = [t for t in md if t["source"].endswith(".per_class") and ".metrics." in t["source"]]
     assert len(per_class) == sum(len(d["metrics"]) for d in results["consistency"])
     text = (out / "report.md").read_text()
     assert "Not tested: " + results["consistency"][0]["metrics"]["dist"]["skipped"][0][0] in text
@@ -370,11 +385,22 @@ def test_verdicts_and_summary_come_from_the_records(made):
     text = (made["out"] / "report.md").read_text()
     d = results["consistency"][0]
     p = d["metrics"]["dist"]["pooled"]
-    auc, ci = oriented(p["auc"], p["auc_ci95"], False)
-    line = next(ln for ln in text.splitlines() if ln.startswith("- **dist** — ") and "H1 supported" in ln)
+    w, (lo, hi) = p["auc_within_class"], p["auc_within_class_ci95"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **dist** (primary) — "))
     assert "correct images' maps are closer to the class mean map" in line
+    assert f"within-class AUC {w:.2f} [{lo:.2f}, {hi:.2f}]" in line  # the headline, labelled
+    assert f"marginal AUC {p['auc_marginal']:.2f}" in line  # the marginal one only labelled as such
     assert f"pooled Cliff's delta {p['statistic']:+.2f}" in line
-    assert f"AUC {auc:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" in line
+    assert line.endswith("*Correct images' maps more consistent (adjusted p < 0.05, CI above 0.5).*")
+    v = d["verdict"]
+    assert v["supported"] and f"**H1 supported (primary metric dist: within-class AUC {w:.2f} [{lo:.2f}, {hi:.2f}]" \
+        in text and "over 2 primary analyses" in text
+    # concentration is its own question, never counted for or against H1
+    assert "Are correct maps narrower? (concentration; never counted for or against H1)" in text
+    assert "- **entropy** (concentration) — " in text
+    # no bare "AUC" outside the within-class / marginal labels in the pooled table's header
+    pooled = next(t for t in md_tables(text) if t["source"] == "consistency[0].metrics")
+    assert [h for h in pooled["header"] if "AUC" in h] == ["AUC within class [95% CI]", "marginal AUC [95% CI]"]
     assert made["result"].summary[0] in text
     # provenance is the last section
     assert text.rstrip().split("\n## ")[-1].startswith("Provenance")
@@ -524,6 +550,20 @@ def test_demo_runs_in_minutes(tmp_path, capsys):
     assert res["consistency"][0]["controls"]["random_weights"] is not None
     assert res["compare"] is not None
     # the decoy makes errors whose maps look elsewhere: H1 holds on dist
-    assert res["consistency"][0]["metrics"]["dist"]["verdict"]["direction"] == "supported"
+    assert res["consistency"][0]["metrics"]["dist"]["finding"]["direction"] == "supported"
     assert not (tmp_path / "demo" / "store").exists() and (tmp_path / "store" / "demo" / "test.zarr").is_dir()
     assert seconds < 300, f"camstat demo took {seconds:.0f} s (must stay under 5 minutes)"
+
+
+def test_consistency_of_several_methods_is_one_verdict_family(made, tmp_path, capsys):
+    out = tmp_path / "h1.json"
+    assert main(["consistency", str(made["tmp"] / "main.zarr"), "--method", "gradcam,gradcam++", "--metrics",
+                 "dist,ssim", "--permutations", "99", "--bootstrap", "50", "--no-save", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [a["method"] for a in d["analyses"]] == ["gradcam", "gradcam++"]
+    from statsmodels.stats.multitest import multipletests
+
+    p = [a["metrics"]["dist"]["pooled"]["p_permutation"] for a in d["analyses"]]
+    assert [a["verdict"]["p_adjusted"] for a in d["analyses"]] == pytest.approx(multipletests(p, method="holm")[1])
+    assert all(a["verdict"]["family_size"] == 2 for a in d["analyses"])
+    assert capsys.readouterr().out.count("verdict: H1 supported") == 2

@@ -26,13 +26,20 @@ The modules, in the order an analysis runs them:
   correct maps: NaN, counted as ``undefined_reference`` and left out of the
   tests, never silently).
 * :mod:`~camstat.h1.tables` -- :func:`camstat.stats.h1_analysis` per metric
-  (correct vs incorrect within each group and pooled), metric medians for
-  ``by="class"``, and the verdict: the observed direction (by the metric's
-  orientation, :data:`camstat.metrics.PER_IMAGE`) and its significance.
-* :mod:`~camstat.h1.controls` -- correctness permuted within group (the
-  same tests on the same values, and the pipeline rerun with references
-  rebuilt from the shuffled labels), and the randomised-weights sanity
-  check of Adebayo et al. (2018).
+  (correct vs incorrect within each group and pooled), the within-class
+  AUC (the headline) and the marginal AUC, the odds ratio given a flexible
+  confidence adjustment, each metric's role (primary, secondary
+  consistency, concentration, localisation) with its p adjusted within the
+  role, and its finding by the verdict rule; metric medians for
+  ``by="class"``.
+* :mod:`~camstat.h1.verdicts` -- the H1 verdict from the primary metric,
+  Holm-adjusted across the command's primary analyses.
+* :mod:`~camstat.h1.controls` -- the whole pipeline under the null
+  (:mod:`camstat.nullsim`: correctness shuffled within group, references
+  rebuilt, tests rerun, ``null_repeats`` times), and the randomised-weights
+  sanity check of Adebayo et al. (2018) with the random maps' within-class
+  AUC. The dispersion test (:mod:`camstat.dispersion`, "more consistent
+  among themselves?") runs beside the reference-based tests.
 * :mod:`~camstat.h1.analyze` -- :func:`analyze` ties them together and
   saves the per-image arrays and the result under ``derived/consistency/
   <method>/<layer>/<target>/<by>`` of the store (primary arrays untouched).

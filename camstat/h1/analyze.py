@@ -12,7 +12,7 @@ import numpy as np
 
 from camstat import references
 from camstat.errors import CamstatError
-from camstat.h1 import controls, groups as grouping, options, tables
+from camstat.h1 import controls, groups as grouping, options, tables, verdicts
 from camstat.h1.streaming import MapStream, Progress, Streamed, stream_metrics
 from camstat.records import jsonable
 from camstat.store import Store
@@ -97,29 +97,19 @@ def reference_means(ref: Store, spec: MapStream, opts: options.Options, g: group
 
 
 def run_controls(s: Store, rnd: Store | None, spec: MapStream, opts: options.Options, g: grouping.Grouping,
-                 correct: np.ndarray, result: dict, values: dict, tabulate, loo: bool
+                 correct: np.ndarray, values: dict, maps: np.ndarray | None, loo: bool
                  ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """The permuted-labels control and the randomised-weights control: results and per-image arrays."""
-    out: dict[str, Any] = {"permuted": None, "random_weights": None}
+    """The null-pipeline control and the randomised-weights control: results and per-image arrays."""
+    out: dict[str, Any] = {"null_pipeline": None, "random_weights": None}
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    n_groups = len(g.names)
     if opts.control == "permuted":
-        shuffled = controls.permuted_labels(g.groups, correct, opts.seed)
-        pc = out["permuted"] = {"n_changed": int((shuffled != correct).sum()),
-                                "metrics": tabulate(values, shuffled)}
-        if opts.by != "class":
-            for key, m in pc["metrics"].items():
-                real, ctl = result["metrics"][key]["pooled"].get("statistic"), m["pooled"].get("statistic")
-                m["statistic_over_real"] = (ctl / real) if real and ctl is not None and real == real else None
-        if loo:  # the whole pipeline under the null: references rebuilt from the shuffled labels
-            rebuilt = stream_metrics(s, spec, opts.metrics, g.groups, shuffled, n_groups, q=opts.q,
-                                     masks=opts.needs_masks)
-            arrays["permuted_rebuilt"] = rebuilt.values
-            pc["rebuilt_references"] = {
-                "undefined_reference": int(rebuilt.undefined.sum()),
-                "metrics": controls.artefact(rebuilt.values, shuffled, g.groups, permutations=opts.permutations,
-                                             seed=opts.seed)}
+        # references from another store do not depend on the labels: only leave-one-out ones are rebuilt
+        out["null_pipeline"] = (controls.null_pipeline(maps, correct, g.groups, opts.metrics,
+                                                       repeats=opts.null_repeats, alpha=options.ALPHA,
+                                                       seed=opts.seed, q=opts.q)
+                                if loo else {"skipped": "fixed_reference"})
     if rnd is not None:
+        n_groups = len(g.names)
         rnd_run = stream_metrics(rnd, spec, opts.metrics, g.groups, correct, n_groups, q=opts.q,
                                  masks=opts.needs_masks, group_level=opts.grouped)
         arrays["random_weights"] = rnd_run.values
@@ -136,12 +126,22 @@ def run_controls(s: Store, rnd: Store | None, spec: MapStream, opts: options.Opt
     return out, arrays
 
 
+def dispersion(maps: np.ndarray, correct: np.ndarray, g: grouping.Grouping, opts: options.Options) -> dict:
+    """SPEC 4 ``dispersion``: are incorrect maps less consistent *among themselves*? (:mod:`camstat.dispersion`)."""
+    from camstat.dispersion import dispersion_test
+
+    return dispersion_test(maps, correct, g.groups, class_names=g.names, min_group=max(2, opts.min_group),
+                           n_permutations=opts.permutations, max_pairs_sample=min(200, opts.pair_sample),
+                           seed=opts.seed).to_dict()
+
+
 def record_params(opts: options.Options, reference_info: dict | None, rnd: Store | None) -> dict:
     return {"method": opts.method, "layer": opts.layer, "target": opts.target, "by": opts.by,
             "metrics": opts.metrics, "class_of": opts.class_of, "reference": reference_info,
             "size": list(opts.size), "q": opts.q, "correction": opts.correction,
             "permutations": opts.permutations, "n_boot": opts.n_boot, "min_group": opts.min_group,
-            "seed": opts.seed, "control": opts.control, "random_store": rnd.identity() if rnd is not None else None,
+            "seed": opts.seed, "control": opts.control, "primary": opts.primary, "null_repeats": opts.null_repeats,
+            "random_store": rnd.identity() if rnd is not None else None,
             "clusters": opts.clusters if opts.by == "cluster" else None,
             "features": opts.features if opts.by == "cluster" else None,
             "within_class": opts.within_class if opts.by == "cluster" else None, "pair_sample": opts.pair_sample,
@@ -160,7 +160,8 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
             size: int | Sequence[int] | None = None, q: float = 0.2, correction: str = "holm",
             permutations: int = 10000, n_boot: int = 2000, min_group: int = 5, seed: int = 0,
             control: str | None = None, random_store: Store | str | Path | None = None, clusters: int | str = 8,
-            features: str = "thumbnail", within_class: bool = False, pair_sample: int = 500, save: bool = True, block: int | None = None,
+            features: str = "thumbnail", within_class: bool = False, pair_sample: int = 500,
+            primary: str | None = None, null_repeats: int = 200, save: bool = True, block: int | None = None,
             progress: Progress | None = None) -> ConsistencyResult:
     """Consistency metrics and H1 tests of one store (see :mod:`camstat.h1`).
 
@@ -172,6 +173,10 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     consistency per cluster, the assignment saved). ``save`` writes the
     per-image arrays and the result under ``derived/``; ``block`` overrides
     the number of maps read at a time (default: the store's chunk).
+    ``primary`` (default ``dist``) is the metric whose verdict this is
+    (:mod:`camstat.h1.verdicts`; a command analysing several methods
+    adjusts across them); ``control="permuted"`` runs the whole pipeline
+    under the null ``null_repeats`` times.
     ``progress(done, total)`` counts maps read over all passes.
     """
     s = options.as_store(store)
@@ -179,7 +184,8 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     opts = options.resolve(s, method=method, layer=layer, target=target, by=by, metrics=metrics,
                            class_of=class_of, size=size, q=q, correction=correction, permutations=permutations,
                            n_boot=n_boot, min_group=min_group, seed=seed, control=control, clusters=clusters,
-                           features=features, within_class=within_class, pair_sample=pair_sample, block=block)
+                           features=features, within_class=within_class, pair_sample=pair_sample, block=block,
+                           primary=primary, null_repeats=null_repeats)
     ref = options.as_store(reference, "reference store") if reference is not None else None
     ref_target = check_reference(ref, s, opts.method, opts.layer, target) if ref is not None else None
     rnd = options.as_store(random_store, "random store") if random_store is not None else None
@@ -188,26 +194,32 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
     samples = s.samples
     correct = samples["correct"].astype(bool)
     confidence = samples["confidence"].astype(np.float64)
+    logits = samples["logits"].astype(np.float64) if np.isfinite(samples["logits"]).all() else None
     spec = MapStream(opts.method, opts.layer, opts.target, opts.size, block=block, progress=progress)
     g = grouping.make_groups(s, ref, opts)
-    passes = (1 if ref is not None and by == "correct" else 2) + (2 if control == "permuted" and ref is None else 0)
+    tested = opts.by != "class"
+    passes = 1 if ref is not None and by == "correct" else 2
     spec.total = passes * s.n + (ref.n if ref is not None else 0) + (2 * rnd.n if rnd is not None else 0)
     means, reference_info = reference_means(ref, spec, opts, g, ref_target) if ref is not None else (None, None)
     main_run = stream_metrics(s, spec, opts.metrics, g.groups, correct, len(g.names), q=opts.q, means=means,
-                              masks=opts.needs_masks, group_level=opts.grouped)
-
-    def tabulate(vals: dict[str, np.ndarray], corr: np.ndarray) -> dict:
-        if opts.by == "class":
-            return tables.median_tables(vals, corr, g.groups, g.names)
-        return tables.h1_tables(vals, corr, g.groups, confidence, g.names, correction=opts.correction,
-                                min_group=opts.min_group, permutations=opts.permutations, n_boot=opts.n_boot,
-                                seed=opts.seed)
-
-    result = h1_result(s, opts, g, main_run, correct, tabulate(main_run.values, correct))
-    result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, result, main_run.values,
-                                                      tabulate, loo=means is None)
+                              masks=opts.needs_masks, group_level=opts.grouped, keep_maps=tested)
+    if tested:
+        metric_tables = tables.h1_tables(main_run.values, correct, g.groups, confidence, logits, g.names,
+                                         primary=opts.primary, correction=opts.correction,
+                                         min_group=opts.min_group, permutations=opts.permutations,
+                                         n_boot=opts.n_boot, seed=opts.seed)
+    else:
+        metric_tables = tables.median_tables(main_run.values, correct, g.groups, g.names)
+    result = h1_result(s, opts, g, main_run, correct, metric_tables)
+    result["confidence_baseline"] = (tables.confidence_baseline(confidence, correct, g.groups, n_boot=opts.n_boot,
+                                                                seed=opts.seed) if tested else None)
+    result["dispersion"] = dispersion(main_run.maps, correct, g, opts) if tested else None
+    result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, main_run.values,
+                                                      main_run.maps, loo=means is None)
+    main_run.maps = None  # (N, H, W): not kept with the result
     result.update(params=record_params(opts, reference_info, rnd), store=str(s.path), provenance=provenance(s))
     result = jsonable(result)
+    verdicts.primary_verdicts([result], alpha=options.ALPHA, correction=opts.correction)
     derived = None
     if save:
         derived = result["derived"] = save_result(s, result, main_run, g.groups if by == "cluster" else None,
@@ -220,7 +232,8 @@ def h1_result(s: Store, opts: options.Options, g: grouping.Grouping, run: Stream
     """The result's head: what was analysed, the metric tables, group-level consistency and clusters."""
     result: dict[str, Any] = {
         "method": opts.method, "layer": opts.layer, "target": opts.target, "by": opts.by,
-        "class_of": opts.class_of, "n": s.n, "accuracy": float(correct.mean()) if s.n else None,
+        "class_of": opts.class_of, "primary": opts.primary, "n": s.n,
+        "accuracy": float(correct.mean()) if s.n else None,
         "n_correct": int(correct.sum()), "n_incorrect": int((~correct).sum()), "metrics": metric_tables,
         "undefined_reference": undefined_summary(run.undefined, g),
     }

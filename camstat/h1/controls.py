@@ -1,4 +1,8 @@
-"""Controls of an H1 analysis (SPEC 4): correctness permuted within group, and randomised weights.
+"""Controls of an H1 analysis (SPEC 4): the whole pipeline under the null, and randomised weights.
+
+``--control permuted``: :func:`null_pipeline`, correctness shuffled within
+group ``--null-repeats`` times with leave-one-out references rebuilt and
+every test rerun; the rejection rate at alpha must be near alpha.
 
 ``random_store``: the Adebayo et al. (2018) sanity check. The same metrics
 on the maps of the same architecture with randomised weights, for the same
@@ -15,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from camstat import metrics as metrics_mod
-from camstat import stats
+from camstat import nullsim, stats
 from camstat.errors import CamstatError
 from camstat.h1.options import rng
-from camstat.h1.tables import direction, median
+from camstat.h1.tables import median
 from camstat.records import jsonable
 from camstat.store import Store
 
@@ -59,13 +63,20 @@ def check_random(rnd: Store, store: Store, method: str, layer: str, target: str)
 
 def random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray], correct: np.ndarray,
                    groups: np.ndarray, *, n_boot: int, seed: int) -> dict:
-    """Per metric: trained vs randomised-weights maps of the same images (Adebayo et al. 2018)."""
+    """Per metric: trained vs randomised-weights maps of the same images (Adebayo et al. 2018).
+
+    Both within-class AUCs (the headline: can the random maps' consistency
+    tell correct from incorrect images *of the same class*?) and both
+    marginal AUCs, in H1's orientation, with bootstrap CIs; medians and the
+    paired trained - random difference per image.
+    """
     out = {}
     for key in trained:
         t, r = trained[key], random.get(key)
-        if r is None:
+        higher = metrics_mod.orientation(key)
+        if r is None or higher is None:
             continue
-        row: dict[str, Any] = {"higher_is_more_consistent": metrics_mod.orientation(key),
+        row: dict[str, Any] = {"higher_is_more_consistent": higher,
                                "median_trained": median(t), "median_random": median(r),
                                "median_random_correct": median(r[correct]),
                                "median_random_incorrect": median(r[~correct]),
@@ -74,33 +85,43 @@ def random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray]
         row["random_over_trained"] = (mr / mt) if (mt not in (None, 0) and mr is not None) else None
         for name, v in (("trained", t), ("random", r)):
             ok = ~np.isnan(v)
-            a = stats.auc_test(v[ok], correct[ok], groups[ok], n_boot=n_boot,
-                               seed=int(rng(seed, "auc", key).integers(2**31)))
-            row[f"auc_{name}"] = a.auc
-            row[f"auc_{name}_ci95"] = list(a.ci95)
+            w = stats.within_class_auc(v[ok], correct[ok], groups[ok], higher_is_more_consistent=higher,
+                                       n_boot=n_boot, seed=int(rng(seed, "auc-within", name, key).integers(2**31)))
+            m = stats.marginal_auc(v[ok], correct[ok], higher_is_more_consistent=higher, n_boot=n_boot,
+                                   seed=int(rng(seed, "auc-marginal", name, key).integers(2**31)))
+            row[f"auc_within_class_{name}"] = w.auc_within_class
+            row[f"auc_within_class_{name}_ci95"] = list(w.auc_within_class_ci95)
+            row[f"auc_marginal_{name}"] = m.auc_marginal
+            row[f"auc_marginal_{name}_ci95"] = list(m.auc_marginal_ci95)
         both = ~np.isnan(t) & ~np.isnan(r)
         row["paired_trained_minus_random"] = stats.paired_test(t[both], r[both]).to_dict()
         out[key] = jsonable(row)
     return out
 
 
-def permuted_labels(groups: np.ndarray, correct: np.ndarray, seed: int) -> np.ndarray:
-    """Correctness shuffled within each group (:func:`camstat.stats.permuted_control`)."""
-    return np.asarray(stats.permuted_control(groups, correct, seed=seed), dtype=bool)
+def null_pipeline(maps: np.ndarray, correct: np.ndarray, groups: np.ndarray, names: list[str], *, repeats: int,
+                  alpha: float, seed: int, q: float) -> dict:
+    """SPEC 4 ``controls.null_pipeline``: the whole pipeline ``repeats`` times under the null.
 
+    :func:`camstat.nullsim.null_pipeline` (correctness shuffled within
+    group, leave-one-out references rebuilt, every metric recomputed, van
+    Elteren's test) over the metrics that need no masks (mask-based ones do
+    not depend on the labels' references). Adds each rejection rate's exact
+    (Clopper-Pearson) 95 % CI over the repeats and the flag
+    ``rejection_near_alpha`` (alpha inside that CI).
+    """
+    from scipy.stats import binomtest
 
-def artefact(values: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, *, permutations: int,
-             seed: int) -> dict:
-    """Pooled stratified permutation test per metric (pipeline-level null diagnostic)."""
-    out = {}
-    for key, v in values.items():
-        ok = ~np.isnan(v)
-        r = stats.stratified_permutation_test(v[ok], labels[ok], groups[ok], permutations,
-                                              seed=int(rng(seed, "artefact", key).integers(2**31)))
-        higher = metrics_mod.orientation(key)
-        signed = None
-        if higher is not None and r.statistic == r.statistic:
-            signed = direction(r.statistic if higher else -r.statistic)
-        out[key] = jsonable({"statistic": r.statistic, "p_permutation": r.p_value, "direction": signed,
-                             "n": int(ok.sum())})
-    return out
+    usable = [m for m in names if not metrics_mod.PER_IMAGE[m].needs_masks]
+    res = nullsim.null_pipeline(maps, correct, groups, metric_names=usable, repeats=repeats, alpha=alpha,
+                                seed=seed, q=q).to_dict()
+    for m in res["metrics"].values():
+        n, rate = m["n_tests"], m["rejection_rate"]
+        if n and rate is not None:
+            ci = binomtest(int(round(rate * n)), n).proportion_ci(0.95, method="exact")
+            m["rejection_rate_ci95"] = [float(ci.low), float(ci.high)]
+            m["rejection_near_alpha"] = bool(ci.low <= alpha <= ci.high)
+        else:
+            m["rejection_rate_ci95"], m["rejection_near_alpha"] = [None, None], None
+    res["metrics_left_out"] = [m for m in names if m not in usable]
+    return jsonable(res)

@@ -44,6 +44,8 @@ class Options:
     within_class: bool
     pair_sample: int
     block: int | None
+    primary: str | None = None
+    null_repeats: int = 200
 
     @property
     def label(self) -> str:
@@ -87,6 +89,22 @@ def parse_metrics(metrics: str | Sequence[str] | None, has_masks: bool) -> list[
     return list(dict.fromkeys(names))
 
 
+def resolve_primary(primary: str | None, names: list[str], by: str) -> str | None:
+    """The metric that decides the verdict: ``primary`` (a consistency metric among ``names``), by default
+    ``dist`` when analysed, else the first consistency metric; None for ``by="class"`` or no consistency metric."""
+    consistency = [m for m in names if metrics_mod.family(m) == "consistency"]
+    if primary is not None:
+        if primary not in metrics_mod.PER_IMAGE or metrics_mod.family(primary) != "consistency":
+            valid = [m for m in metrics_mod.PER_IMAGE if metrics_mod.family(m) == "consistency"]
+            raise CamstatError(f"--primary {primary!r} is not a consistency metric; choose one of {', '.join(valid)}")
+        if primary not in names:
+            raise CamstatError(f"--primary {primary} is not among the analysed metrics ({', '.join(names)}); "
+                               "add it to --metrics")
+    if by == "class":
+        return None
+    return primary or ("dist" if "dist" in consistency else (consistency[0] if consistency else None))
+
+
 def analysis_size(size: int | Sequence[int] | None, store: Store) -> tuple[int, int]:
     """(H, W) of the analysis maps: the store's input size by default."""
     if size is None:
@@ -117,7 +135,7 @@ def resolve(store: Store, *, method: str | None, layer: str | None, target: str,
             metrics: str | Sequence[str] | None, class_of: str, size: int | Sequence[int] | None, q: float,
             correction: str, permutations: int, n_boot: int, min_group: int, seed: int, control: str | None,
             clusters: int | str, features: str, within_class: bool, pair_sample: int,
-            block: int | None) -> Options:
+            block: int | None, primary: str | None = None, null_repeats: int = 200) -> Options:
     """Check every option against each other and the store; defaults filled in from the store."""
     _choice(by, BY, "--by")
     _choice(class_of, CLASS_OF, "--class-of")
@@ -128,14 +146,19 @@ def resolve(store: Store, *, method: str | None, layer: str | None, target: str,
         raise CamstatError(f"--q must lie in (0, 1), got {q}")
     if permutations < 1 or n_boot < 0 or min_group < 1 or pair_sample < 2:
         raise CamstatError("need --permutations >= 1, --bootstrap >= 0, --min-group >= 1 and --pair-sample >= 2")
+    if control is not None and by == "class":
+        raise CamstatError("--control permuted needs --by correct or cluster (--by class runs no tests)")
+    if null_repeats < 1:
+        raise CamstatError(f"--null-repeats must be at least 1, got {null_repeats}")
     clusters = composition.parse_clusters(clusters)
     if by == "cluster":
         composition.require(store, features)
     method = method or store.methods[0]
     layer = layer or store.layers[0]
     store.require(method, layer, target)
-    return Options(method=method, layer=layer, target=target, by=by,
-                   metrics=parse_metrics(metrics, store.has_masks), class_of=class_of,
+    names = parse_metrics(metrics, store.has_masks)
+    return Options(method=method, layer=layer, target=target, by=by, metrics=names, class_of=class_of,
                    size=analysis_size(size, store), q=q, correction=correction, permutations=permutations,
                    n_boot=n_boot, min_group=min_group, seed=seed, control=control, clusters=clusters,
-                   features=features, within_class=bool(within_class), pair_sample=pair_sample, block=block)
+                   features=features, within_class=bool(within_class), pair_sample=pair_sample, block=block,
+                   primary=resolve_primary(primary, names, by), null_repeats=int(null_repeats))

@@ -51,6 +51,7 @@ class Streamed:
     com: np.ndarray | None = None  # (N, 2) centres of mass
     dist_all: np.ndarray | None = None  # dist to the mean of the image's whole group
     dist_own: np.ndarray | None = None  # dist to the mean of its group's correct (or incorrect) maps
+    maps: np.ndarray | None = None  # (N, H, W) float32 analysis maps, when kept
 
 
 def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -66,7 +67,7 @@ def resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def stream_metrics(store: Store, spec: MapStream, names: list[str], groups: np.ndarray, include: np.ndarray,
                    n_groups: int, *, q: float, means: np.ndarray | None = None, masks: bool = False,
-                   group_level: bool = False) -> Streamed:
+                   group_level: bool = False, keep_maps: bool = False) -> Streamed:
     """Per-image metrics of every map against its group reference, in two streamed passes.
 
     Without ``means``: pass 1 sums the included maps per group, pass 2 takes
@@ -75,7 +76,9 @@ def stream_metrics(store: Store, spec: MapStream, names: list[str], groups: np.n
     ``group_level``. ``group_level`` also sums all maps and the excluded
     ones per group, so that pass 2 gives each map's centre of mass and its
     distance to the mean of its whole group and of its own side (included
-    or not): the exact, non-pairwise group-level metrics.
+    or not): the exact, non-pairwise group-level metrics. ``keep_maps``
+    keeps pass 2's maps (``Streamed.maps``, float32) for the tests that need
+    every map at once (the dispersion test, the null pipeline).
     """
     n = store.n
     sums = counts = all_means = side_means = None
@@ -89,9 +92,13 @@ def stream_metrics(store: Store, spec: MapStream, names: list[str], groups: np.n
     out = Streamed({name: np.full(n, np.nan) for name in names}, np.zeros(n, dtype=bool))
     if group_level:
         out.com, out.dist_all, out.dist_own = np.full((n, 2), np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    if keep_maps:
+        out.maps = np.empty((n, *spec.size), dtype=np.float32)
     needs_ref = any(metrics_mod.PER_IMAGE[m].needs_reference for m in names)
     for sl, maps in spec.iterate(store):
         g = groups[sl]
+        if keep_maps:
+            out.maps[sl] = maps
         refs = None
         if needs_ref:
             refs = (metrics_mod.loo_references(maps, g, include[sl], sums, counts) if means is None
@@ -105,3 +112,4 @@ def stream_metrics(store: Store, spec: MapStream, names: list[str], groups: np.n
             out.dist_all[sl] = metrics_mod.dist(maps, all_means[g])
             out.dist_own[sl] = metrics_mod.dist(maps, side_means[include[sl].astype(np.int64), g])
     return out
+

@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 from camstat.present import detection, faithfulness
-from camstat.present.tables import (Table, analysis_label, compare_sentence, primary_metric, table_arms,
-                                    table_class_medians, table_clusters, table_groups, table_h1_per_class, table_h1_pooled,
-                                    table_mcnemar, table_paired, table_permuted, table_random, table_runs,
+from camstat.present.tables import (Table, analysis_label, compare_sentence, table_arms, table_class_medians,
+                                    table_clusters, table_dispersion, table_groups, table_h1_per_class,
+                                    table_h1_pooled, table_mcnemar, table_null_pipeline, table_paired, table_random,
+                                    table_runs,
                                     verdict_sentence)
-from camstat.present.text import (ALPHA, MAPS_TEXT, fmt_ci, fmt_fixed, group_word, method_name, p_phrase,
-                                  reference_kind)
-from camstat.metrics import oriented_auc
+from camstat.present.text import (ALPHA, DISPERSION_NOTE, MAPS_TEXT, fmt_ci, fmt_fixed, group_word, method_name,
+                                  null_pipeline_note, p_phrase, reference_kind, summary_roles, verdict_headline)
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
@@ -137,17 +137,8 @@ def compose(results: dict, analyses: list, figs: list[tuple[str, str, str]],
         line = (f"{Path(d['store']).name}, {method_name(d['method'])}: accuracy {fmt_fixed(d['accuracy'], 3)} "
                 f"(n = {d['n']})")
         if d["by"] != "class" and d["metrics"]:
-            name = primary_metric(d, None)
-            m = d["metrics"][name]
-            v = m.get("verdict", {})
-            auc, ci = oriented_auc(m["pooled"].get("auc"), m["pooled"].get("auc_ci95"),
-                                   m.get("higher_is_more_consistent"))
-            line += (f"; H1 on {name}: {v.get('direction')}, pooled δ "
-                     f"{fmt_fixed(m['pooled'].get('statistic'), 2, sign=True)}, "
-                     f"permutation {p_phrase(m['pooled'].get('p_permutation'))}, AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}")
-            supported = [k for k, mm in d["metrics"].items()
-                         if mm.get("verdict", {}).get("direction") == "supported" and mm["verdict"].get("significant")]
-            line += f"; significant in H1's direction: {len(supported)}/{len(d['metrics'])} metrics"
+            line += "; " + verdict_headline(d)
+            line += summary_roles(d)
         summary.append(line)
     summary += [f"{Path(d['params']['store']).name}, {method_name(d['params']['method'])}: error detection: "
                 f"{detection.verdict(d)}" for d in results.get("detection", [])]
@@ -198,25 +189,48 @@ def _compose_analysis(doc: Document, an, figs: list[tuple[str, str]]) -> None:
         if d.get("groups"):
             doc.table(table_groups(d, f"{src}.groups", f"{an.slug}-groups"))
     else:
-        doc.heading(3, "Verdicts")
-        for name in d["metrics"]:
-            doc.para(f"- {verdict_sentence(d, name)}")
+        doc.heading(3, "Verdict")
+        doc.para(f"**{verdict_headline(d)[:1].upper() + verdict_headline(d)[1:]}.** The verdict rests on the primary "
+                 f"metric alone: its pooled permutation p, adjusted across the command's primary analyses, below "
+                 f"{ALPHA} *and* its within-{g} AUC CI above 0.5.")
+        cb = d.get("confidence_baseline")
+        if cb:
+            doc.para(f"Baseline: softmax confidence alone has within-{g} AUC "
+                     f"{fmt_fixed(cb.get('auc_within_class'), 3)} "
+                     f"{fmt_ci(cb.get('auc_within_class_ci95'), 3)} (marginal {fmt_fixed(cb.get('auc_marginal'), 3)}).")
+        for role_name, title in (("primary", None), ("secondary", "Secondary consistency metrics"),
+                                 ("concentration", "Are correct maps narrower? (concentration; never counted for or "
+                                                   "against H1)"),
+                                 ("localisation", "Localisation on the object")):
+            names = [k for k, m in d["metrics"].items() if m.get("role") == role_name]
+            if not names:
+                continue
+            if title:
+                doc.para(f"*{title}:*")
+            for name in names:
+                doc.para(f"- {verdict_sentence(d, name)}")
         doc.table(table_h1_pooled(d, f"{src}.metrics", f"{an.slug}-pooled"))
+        if d.get("dispersion"):
+            doc.heading(3, "More consistent among themselves? (dispersion)")
+            pooled = d["dispersion"]["pooled"]
+            doc.para(f"Closer to the correct maps' mean (the tests above) is not the same as more consistent among "
+                     f"themselves: {DISPERSION_NOTE}. Pooled log ratio "
+                     f"{fmt_fixed(pooled.get('statistic'), 2, sign=True)}, permutation "
+                     f"{p_phrase(pooled.get('p_permutation'))}.")
+            doc.table(table_dispersion(d, f"{src}.dispersion.per_class", f"{an.slug}-dispersion"))
         ctl = d.get("controls", {})
-        if ctl.get("permuted") or ctl.get("random_weights"):
+        npl = ctl.get("null_pipeline")
+        if (npl and "metrics" in npl) or ctl.get("random_weights"):
             doc.heading(3, "Controls")
-        if ctl.get("permuted"):
-            pc = ctl["permuted"]
-            sig = [k for k, m in pc["metrics"].items() if m.get("verdict", {}).get("significant")]
-            doc.para(f"Correctness permuted within {g}: {len(sig)}/{len(pc['metrics'])} metrics remain significant "
-                     f"at {ALPHA} ({', '.join(sig) if sig else 'none'}; about {ALPHA:.0%} expected by chance).")
-            doc.table(table_permuted(d, f"{src}.controls.permuted.metrics", f"{an.slug}-permuted"))
-            rb = pc.get("rebuilt_references")
-            if rb:
-                parts = ", ".join(f"{k} δ {fmt_fixed(m.get('statistic'), 2, sign=True)} "
-                                  f"({p_phrase(m.get('p_permutation'))})" for k, m in rb["metrics"].items())
-                doc.para(f"*Whole pipeline under the null* (leave-one-out references rebuilt from the shuffled "
-                         f"labels): {parts}. A small effect against H1 is the expected leave-one-out artefact.")
+        if npl and "metrics" in npl:
+            far = [k for k, m in npl["metrics"].items() if not m.get("rejection_near_alpha")]
+            doc.para(f"*Whole pipeline under the null*: {null_pipeline_note(d)}. The rejection rate's 95% CI includes "
+                     f"{npl['alpha']} for {len(npl['metrics']) - len(far)}/{len(npl['metrics'])} metrics"
+                     + (f" (not for {', '.join(far)})." if far else "."))
+            doc.table(table_null_pipeline(d, f"{src}.controls.null_pipeline.metrics", f"{an.slug}-null"))
+        elif npl:
+            doc.para("*Whole pipeline under the null*: not run, the references come from another store and do not "
+                     "depend on this store's labels.")
         if ctl.get("random_weights"):
             doc.table(table_random(d, f"{src}.controls.random_weights.metrics", f"{an.slug}-random"))
         doc.heading(3, f"Per-{g} tests")

@@ -13,8 +13,10 @@ formatters, so a figure never shows a number the tables don't.
   with true label, prediction and the metric's value;
 - distributions: per metric, correct vs misclassified per class (box plots;
   bars of proportions for 0/1 metrics), the test result on each panel;
-- ROC: consistency predicting correctness, one curve per metric, the AUC and
-  its bootstrap CI (from the results) in the legend;
+- ROC: consistency predicting correctness *within class* (the weighted
+  average of the per-class curves, whose area is the within-class AUC), one
+  curve per metric and one for the softmax confidence, the AUCs and their
+  bootstrap CIs (from the results) in the legend;
 - composition clusters (``--by cluster``): per cluster, its correct images'
   mean map and a seeded sample of its images;
 - runs: learning curves (accuracy, CAM loss, dist per epoch, arms coloured)
@@ -36,7 +38,6 @@ from matplotlib.transforms import blended_transform_factory  # noqa: E402
 from camstat import metrics as metrics_mod  # noqa: E402
 from camstat import references  # noqa: E402
 from camstat.errors import CamstatError  # noqa: E402
-from camstat.metrics import oriented_auc  # noqa: E402
 from camstat.present.tables import primary_metric  # noqa: E402
 from camstat.present.text import fmt_ci, fmt_fixed, fmt_p, fmt_sig, method_name, plural  # noqa: E402
 
@@ -348,43 +349,75 @@ def distribution_figure(an, out: Path, name: str) -> tuple[str, str, str] | None
     return an.slug, fname, cap
 
 
-def roc_figure(an, out: Path) -> tuple[str, str, str] | None:
+ROC_GRID = np.linspace(0.0, 1.0, 1001)
+
+
+def within_class_roc(score: np.ndarray, correct: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
+    """The van Elteren-weighted vertical average of the per-class ROC curves, on :data:`ROC_GRID`.
+
+    Area is linear in the curve, so the area under this average is the
+    weighted mean of the per-class AUCs, sum_s w_s AUC_s / sum_s w_s with
+    w_s = n_cs n_is / (n_s + 1): the within-class AUC of the results (up to
+    the grid's resolution). Classes with one outcome carry no curve.
+    """
     from sklearn.metrics import roc_curve
 
+    total, weight = np.zeros_like(ROC_GRID), 0.0
+    for k in np.unique(groups):
+        m = groups == k
+        nc, ni = int(correct[m].sum()), int((~correct[m]).sum())
+        if nc == 0 or ni == 0:
+            continue
+        fpr, tpr, _ = roc_curve(correct[m], score[m])
+        w = nc * ni / (nc + ni + 1)
+        total += w * np.interp(ROC_GRID, fpr, tpr)
+        weight += w
+    return total / weight if weight else None
+
+
+def roc_figure(an, out: Path) -> tuple[str, str, str] | None:
     d, res = an.d, an.result
     correct = an.store.samples["correct"].astype(bool)
     if correct.all() or not correct.any():
         return None
+    groups = np.asarray(res.groups)
+    g = "cluster" if d["by"] == "cluster" else "class"
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     tab = plt.get_cmap("tab10").colors
     palette = [c for i, c in enumerate(tab) if i != 7] + list(plt.get_cmap("Dark2").colors)  # no grey: chance is grey
     for c, (name, m) in enumerate(d["metrics"].items()):
         higher = m.get("higher_is_more_consistent")
-        if higher is None:
-            continue
         v = np.asarray(res.values[name], dtype=np.float64)
         ok = np.isfinite(v)
-        if len(np.unique(correct[ok])) < 2:
+        curve = within_class_roc(v[ok] if higher else -v[ok], correct[ok], groups[ok]) if higher is not None else None
+        if curve is None:
             continue
-        score = v[ok] if higher else -v[ok]
-        fpr, tpr, _ = roc_curve(correct[ok], score)
-        auc, ci = oriented_auc(m["pooled"].get("auc"), m["pooled"].get("auc_ci95"), higher)
-        ax.plot(fpr, tpr, lw=1.2, color=palette[c % len(palette)],
-                label=f"{name}: AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}")
+        p = m["pooled"]
+        ax.plot(ROC_GRID, curve, lw=1.2, color=palette[c % len(palette)],
+                label=f"{name}: {fmt_fixed(p.get('auc_within_class'), 2)} {fmt_ci(p.get('auc_within_class_ci95'))}")
+    cb = d.get("confidence_baseline")
+    conf = an.store.samples["confidence"].astype(np.float64)
+    ok = np.isfinite(conf)
+    curve = within_class_roc(conf[ok], correct[ok], groups[ok])
+    if cb and curve is not None:
+        ax.plot(ROC_GRID, curve, lw=1.6, color="black",
+                label=f"softmax confidence: {fmt_fixed(cb.get('auc_within_class'), 2)} "
+                      f"{fmt_ci(cb.get('auc_within_class_ci95'))}")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="chance")
-    ax.set_xlabel("false positive rate (misclassified scored as correct)")
-    ax.set_ylabel("true positive rate (correct)")
+    ax.set_xlabel(f"false positive rate within {g} (misclassified scored as correct)")
+    ax.set_ylabel(f"true positive rate within {g} (correct)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="metric: AUC [95% CI]",
-              title_fontsize=7)
-    ax.set_title(f"Consistency predicting correctness, {method_name(d['method'])}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+              title=f"AUC within {g} [95% CI]", title_fontsize=7)
+    ax.set_title(f"Consistency predicting correctness within {g}, {method_name(d['method'])}")
     fname = f"fig-{an.slug}-roc.png"
     _save(fig, out / fname)
-    cap = (f"ROC of each metric's consistency (oriented so that more consistent scores higher) as a predictor of "
-           f"a correct prediction, {method_name(d['method'])}, n = {d['n']}; AUC and bootstrap 95% CI as in the "
-           f"pooled table.")
+    cap = (f"ROC within {g}: for each metric (oriented so that better maps score higher) the van Elteren-weighted "
+           f"average of the per-{g} ROC curves of correct vs misclassified images, whose area is the within-{g} AUC "
+           f"of the pooled table (legend: that AUC with its BCa 95% CI); in black the same curve for the softmax "
+           f"confidence, the baseline. {method_name(d['method'])}, n = {d['n']}.")
     return an.slug, fname, cap
 
 

@@ -208,7 +208,7 @@ def report(
     n_boot: int = 2000,
     min_group: int = 5,
     seed: int = 0,
-    control: bool | str | None = True,
+    control: bool | str | None = True, null_repeats: int = 200,  # the null pipeline's repeats
     random_store: str | Path | None = None,
     clusters: int | str = 8, features: str = "thumbnail", within_class: bool = False,  # --by cluster
     pair_sample: int = 500,
@@ -234,21 +234,21 @@ def report(
     the error-detection section. A store scored by ``camstat faithfulness``
     gets a faithfulness section. ``random_store`` is the randomised-weights control,
     used for every store it matches (same model, data, split and images).
-    ``primary`` picks the metric the galleries sort by (default ``dist``).
-    ``command``: the command line recorded (default: this process's).
+    ``primary``: the metric deciding the H1 verdict (default ``dist``; Holm across the report's analyses) and
+    sorting the galleries. ``command``: the command line recorded (default: this process's).
     ``progress(message)`` is called at each step. Old ``fig-*.png`` in ``out`` are replaced.
     """
-    start = time.perf_counter()
-    say = progress or (lambda msg: None)
+    start, say = time.perf_counter(), progress or (lambda msg: None)
     if gallery < 1:
         raise CamstatError(f"--gallery must be at least 1, got {gallery}")
     stores, runs, vs_runs = _inputs(inputs, vs)
     control_name = _control_name(control)
     h1_options = dict(layer=layer, target=target, by=by, metrics=metrics, class_of=class_of, reference=reference,
-                      correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group,
-                      seed=seed, control=control_name, clusters=clusters, features=features,
-                      within_class=within_class, pair_sample=pair_sample, size=size, q=q)
-    analyses, opened, rnd = _analyses(stores, method, random_store, primary, h1_options, say)
+                      correction=correction, permutations=permutations, n_boot=n_boot, min_group=min_group, seed=seed,
+                      control=control_name if by != "class" else None, null_repeats=null_repeats, clusters=clusters,
+                      features=features, within_class=within_class, pair_sample=pair_sample, size=size, q=q,
+                      primary=primary)
+    analyses, opened, rnd = _analyses(stores, method, random_store, h1_options, say)
     detections = _detections(opened, method, layer, reference, seed, n_boot, say) if reference is not None else []
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
                                "detection": [r.to_dict() for r in detections], "faithfulness": _scored(opened, layer),
@@ -284,10 +284,12 @@ def _inputs(inputs: Sequence[str | Path], vs: Sequence[str | Path] | None) -> tu
     return stores, runs, vs_runs
 
 
-def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_options: dict,
+def _analyses(stores: list[Path], method, random_store, h1_options: dict,
               say: Callable[[str], None]) -> tuple[list[_Analysis], list, Any]:
-    """The H1 analysis of every (store, method); everything is checked before the long work."""
+    """The H1 analysis of every (store, method), with one verdict family over all of them (the primary
+    metric's p Holm-adjusted across the report's analyses); everything is checked before the long work."""
     from camstat.h1 import analyze
+    from camstat.h1.verdicts import primary_verdicts
     from camstat.store import open_store
 
     opened = [open_store(p) for p in stores]
@@ -302,11 +304,8 @@ def _analyses(stores: list[Path], method, random_store, primary: str | None, h1_
         for m in methods:
             say(f"H1 analysis of {s.path} ({m})")
             res = analyze(s, method=m, random_store=rnd if match else None, **h1_options)
-            d = res.to_dict()
-            if primary and d["metrics"] and primary not in d["metrics"]:
-                raise CamstatError(f"--primary {primary!r} is not among the analysed metrics "
-                                   f"({', '.join(d['metrics'])})")
-            analyses.append(_Analysis(len(analyses), s, res, d))
+            analyses.append(_Analysis(len(analyses), s, res, res.to_dict()))
+    primary_verdicts([an.d for an in analyses], correction=h1_options["correction"])
     return analyses, opened, rnd
 
 

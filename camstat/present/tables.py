@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from camstat.metrics import oriented_auc
-from camstat.present.text import (ALPHA, CORRECTION_NAMES, METRIC_PHRASES, class_mix, composition_text, finite, fmt_ci, fmt_ci_sig, fmt_fixed,
-                                  fmt_int, fmt_lambda, fmt_p, fmt_sig, group_word, method_name, metric_description, p_phrase,
-                                  no_direction_reason, plural, with_ci)
+from camstat.present.text import (ALPHA, CORRECTION_NAMES, METRIC_PHRASES, auc_w_text, class_mix, composition_text,
+                                  finite, fmt_ci, fmt_ci_sig, fmt_fixed, fmt_int, fmt_lambda, fmt_p, fmt_sig,
+                                  group_word, method_name, metric_description, no_direction_reason, outcome_text,
+                                  p_phrase, plural, with_ci)
 
 @dataclass
 class Table:
@@ -63,36 +63,46 @@ def table_h1_pooled(d: dict, src: str, key: str) -> Table:
     rows = []
     for name, m in d["metrics"].items():
         p = m["pooled"]
-        higher = m.get("higher_is_more_consistent")
-        auc, ci = oriented_auc(p.get("auc"), p.get("auc_ci95"), higher)
         k, n = significant_classes(m)
         rows.append([
             name,
-            "-" if higher is None else ("higher" if higher else "lower"),
+            m.get("role", "-"),
+            "-" if m.get("higher_is_more_consistent") is None else ("higher" if m["higher_is_more_consistent"]
+                                                                    else "lower"),
             fmt_int(p.get("n")),
+            with_ci(fmt_fixed(p.get("auc_within_class"), 3), fmt_ci(p.get("auc_within_class_ci95"), 3)),
             fmt_fixed(p.get("statistic"), 2, sign=True),
             fmt_p(p.get("p_permutation")),
-            with_ci(fmt_fixed(p.get("odds_ratio_per_sd"), 2), fmt_ci(p.get("odds_ratio_ci95"))),
-            fmt_p(p.get("p_lrt")),
+            fmt_p(p.get("p_adjusted")),
+            with_ci(fmt_fixed(p.get("odds_ratio_per_sd_given_confidence"), 2),
+                    fmt_ci(p.get("odds_ratio_ci95_given_confidence"))),
             fmt_p(p.get("p_lrt_given_confidence")),
-            with_ci(fmt_fixed(auc, 2), fmt_ci(ci)),
+            with_ci(fmt_fixed(p.get("auc_marginal"), 3), fmt_ci(p.get("auc_marginal_ci95"), 3)),
             f"{k}/{n}",
         ])
     corr = correction_name(d)
+    v = d.get("verdict") or {}
+    fam = v.get("family_size", 1)
     return Table(
         key=key, source=src,
-        caption=(f"H1, pooled over {plural(g)}: are correctly classified images' {analysis_label(d)} maps more "
-                 f"consistent than misclassified ones'? n = {d['n']} images ({d['n_correct']} correct). "
-                 f"δ: pooled within-{g} Cliff's delta (correct vs incorrect; positive = higher for correct); "
-                 f"p perm: stratified permutation test ({d['params']['permutations']} permutations, correctness "
-                 f"shuffled within {g}); OR/SD: odds ratio of being correct per SD of the metric in "
-                 f"correct ~ metric + C({g}), with its likelihood-ratio p, and p LRT | conf with softmax confidence "
-                 f"as a covariate; AUC: consistency (oriented so that more consistent scores higher) predicting "
-                 f"correctness, bootstrap 95% CI; sig. {plural(g)}: {corr}-adjusted p < {ALPHA} with δ in H1's "
-                 f"direction."),
-        columns=["metric", "more consistent", "n", "δ", "p perm", "OR/SD [95% CI]", "p LRT", "p LRT | conf",
-                 "AUC [95% CI]", f"sig. {plural(g)}"],
-        rows=rows, align="llrrrrrrrr",
+        caption=(f"H1, pooled over {plural(g)}: are correctly classified images' {analysis_label(d)} maps closer to "
+                 f"the correct maps' mean than misclassified ones'? n = {d['n']} images ({d['n_correct']} correct). "
+                 f"Role: the primary metric decides the verdict; secondary consistency metrics are adjusted across "
+                 f"themselves; concentration (are correct maps narrower?) and localisation are questions of their own, "
+                 f"each adjusted across itself. AUC within {g}: probability that a correct image's map is better "
+                 f"(in the metric's sense) than a misclassified one's of the same {g}, van Elteren-weighted, BCa "
+                 f"bootstrap 95% CI (the headline effect size). δ: pooled within-{g} Cliff's delta of the metric as "
+                 f"given (positive = higher for correct). p perm: stratified permutation test "
+                 f"({d['params']['permutations']} permutations, correctness shuffled within {g}); p adj: {corr}-"
+                 f"adjusted within the metric's role (primary: over {fam} primary analys{'is' if fam == 1 else 'es'}). "
+                 f"OR/SD | conf: odds ratio of being correct per within-{g} SD of the metric (oriented: > 1 = better "
+                 f"maps more often correct) given {g} and a natural cubic spline of the softmax log-odds plus the "
+                 f"top-1 minus top-2 logit margin, Wald 95% CI, and its likelihood-ratio p. Marginal AUC: over all "
+                 f"images, {plural(g)} ignored (mixes in differences between {plural(g)}). sig. {plural(g)}: "
+                 f"{corr}-adjusted per-{g} p < {ALPHA} with δ in H1's direction."),
+        columns=["metric", "role", "better", "n", f"AUC within {g} [95% CI]", "δ", "p perm", "p adj",
+                 "OR/SD | conf [95% CI]", "p LRT | conf", "marginal AUC [95% CI]", f"sig. {plural(g)}"],
+        rows=rows, align="lllrrrrrrrrr",
     )
 
 
@@ -120,48 +130,80 @@ def table_h1_per_class(d: dict, name: str, src: str, key: str) -> Table:
     )
 
 
-def table_permuted(d: dict, src: str, key: str) -> Table:
-    pc = d["controls"]["permuted"]
+def table_null_pipeline(d: dict, src: str, key: str) -> Table:
+    np_ = d["controls"]["null_pipeline"]
     g = group_word(d)
     rows = []
-    for name, m in pc["metrics"].items():
-        p = m["pooled"]
-        v = m.get("verdict", {})
-        auc, ci = oriented_auc(p.get("auc"), p.get("auc_ci95"), m.get("higher_is_more_consistent"))
-        k, n = significant_classes(m)
-        rows.append([name, fmt_fixed(p.get("statistic"), 2, sign=True), fmt_p(p.get("p_permutation")),
-                     with_ci(fmt_fixed(auc, 2), fmt_ci(ci)), f"{k}/{n}",
-                     "yes" if v.get("significant") else "no"])
+    for name, m in np_["metrics"].items():
+        rows.append([name, fmt_int(m.get("n_tests")),
+                     with_ci(fmt_fixed(m.get("rejection_rate"), 3), fmt_ci(m.get("rejection_rate_ci95"), 3)),
+                     " / ".join(fmt_fixed(x, 3, sign=True) for x in m.get("delta_quantiles") or []),
+                     " / ".join(fmt_fixed(x, 3) for x in m.get("auc_within_class_quantiles") or [])])
+    levels = " / ".join(f"{q:g}" for q in np_.get("quantile_levels") or [])
+    left = np_.get("metrics_left_out") or []
     return Table(
         key=key, source=src,
-        caption=(f"Control: correctness labels permuted within each {g} ({pc['n_changed']} of {d['n']} labels "
-                 f"changed), the same tests on the same per-image values ({analysis_label(d)}). H1's effect must "
-                 f"vanish: δ near 0, AUC near 0.5, no significant {g}."),
-        columns=["metric", "δ", "p perm", "AUC [95% CI]", f"sig. {plural(g)}", "p perm < 0.05"],
-        rows=rows,
+        caption=(f"Control: the whole pipeline under the null ({analysis_label(d)}), {np_['repeats']} repeats: "
+                 f"correctness shuffled within each {g}, leave-one-out references rebuilt, metrics recomputed, "
+                 f"pooled test rerun (van Elteren's stratified Wilcoxon test, normal approximation). Rejection rate "
+                 f"at alpha = {np_['alpha']} with its exact 95% CI over the repeats (must be near {np_['alpha']}); "
+                 f"quantiles ({levels}) of the pooled δ and of the within-{g} AUC under the null."),
+        columns=["metric", "repeats", f"rejection rate at {np_['alpha']} [95% CI]", "δ quantiles",
+                 f"AUC within {g} quantiles"],
+        rows=rows, notes=[f"Not rerun (they need no reference): {', '.join(left)}."] if left else [],
+    )
+
+
+def table_dispersion(d: dict, src: str, key: str) -> Table:
+    disp = d["dispersion"]
+    g = group_word(d)
+    rows = [[r["class"], fmt_int(r["n_correct"]), fmt_int(r["n_incorrect"]), fmt_sig(r["dispersion_correct"]),
+             fmt_sig(r["dispersion_incorrect"]), fmt_fixed(r["statistic"], 2, sign=True), fmt_sig(r["ssim_correct"]),
+             fmt_sig(r["ssim_incorrect"]), fmt_p(r["p_value"])] for r in disp["per_class"]]
+    notes = []
+    if disp.get("skipped"):
+        notes.append("Not tested: " + "; ".join(f"{c} ({why})" for c, why in disp["skipped"]) + ".")
+    pooled = disp["pooled"]
+    notes.append(f"Pooled over {plural(g)}: weighted log ratio {fmt_fixed(pooled.get('statistic'), 2, sign=True)}, "
+                 f"permutation {p_phrase(pooled.get('p_permutation'))} ({pooled.get('n_permutations')} permutations).")
+    return Table(
+        key=key, source=src,
+        caption=(f"Are misclassified images' maps less consistent among themselves? ({analysis_label(d)}; the "
+                 f"symmetric question, not the reference tests above.) Per {g}: each group's dispersion, the mean "
+                 f"squared distance of its maps to the leave-one-out mean of the rest of the same group; log ratio "
+                 f"log(dispersion incorrect / dispersion correct), > 0: misclassified maps less consistent among "
+                 f"themselves; mean pairwise SSIM within each group (described, not tested); two-sided permutation "
+                 f"p (correctness shuffled within {g}, group means recomputed)."),
+        columns=[g, "n corr", "n inc", "dispersion corr", "dispersion inc", "log ratio", "SSIM corr", "SSIM inc",
+                 "p"],
+        rows=rows, notes=notes,
     )
 
 
 def table_random(d: dict, src: str, key: str) -> Table:
     rc = d["controls"]["random_weights"]
+    g = group_word(d)
     rows = []
     for name, m in rc["metrics"].items():
-        higher = m.get("higher_is_more_consistent")
-        auc_t, ci_t = oriented_auc(m.get("auc_trained"), m.get("auc_trained_ci95"), higher)
-        auc_r, ci_r = oriented_auc(m.get("auc_random"), m.get("auc_random_ci95"), higher)
         pt = m.get("paired_trained_minus_random") or {}
         rows.append([name, fmt_sig(m.get("median_trained")), fmt_sig(m.get("median_random")),
-                     with_ci(fmt_fixed(auc_t, 2), fmt_ci(ci_t)), with_ci(fmt_fixed(auc_r, 2), fmt_ci(ci_r)),
+                     with_ci(fmt_fixed(m.get("auc_within_class_trained"), 3),
+                             fmt_ci(m.get("auc_within_class_trained_ci95"), 3)),
+                     with_ci(fmt_fixed(m.get("auc_within_class_random"), 3),
+                             fmt_ci(m.get("auc_within_class_random_ci95"), 3)),
+                     with_ci(fmt_fixed(m.get("auc_marginal_random"), 3), fmt_ci(m.get("auc_marginal_random_ci95"), 3)),
                      with_ci(fmt_sig(pt.get("mean_diff")), fmt_ci_sig(pt.get("ci95"))), fmt_p(pt.get("p_wilcoxon"))])
     return Table(
         key=key, source=src,
         caption=(f"Control: randomised weights (Adebayo et al. 2018). The same metrics on the maps of the same "
                  f"architecture with random weights ({rc['store']['path']}), same images, grouped by the trained "
-                 f"model's predictions. Consistency the random maps share comes from architecture and centre bias, "
-                 f"not learning; their AUC should be near 0.5. Mean diff: trained - random per image, 95% CI, "
-                 f"Wilcoxon signed-rank p. AUCs oriented as in the pooled table."),
-        columns=["metric", "median trained", "median random", "AUC trained", "AUC random", "mean diff [95% CI]",
-                 "p"],
+                 f"model's predictions and using its correctness. AUC within {g}: as in the pooled table (in H1's "
+                 f"orientation, BCa 95% CI); a random model's maps carry no information about the trained model's "
+                 f"errors within a {g}, so their within-{g} AUC should include 0.5; their marginal AUC can still "
+                 f"differ from 0.5 through differences between {plural(g)}. Mean diff: trained - random per image, "
+                 f"95% CI, Wilcoxon signed-rank p."),
+        columns=["metric", "median trained", "median random", f"AUC within {g} trained", f"AUC within {g} random",
+                 "marginal AUC random", "mean diff [95% CI]", "p"],
         rows=rows,
     )
 
@@ -213,31 +255,29 @@ def table_clusters(d: dict, src: str, key: str) -> Table:
 
 
 def verdict_sentence(d: dict, name: str) -> str:
-    """One sentence per metric, every number read from the result dict ``d``."""
+    """One sentence per metric by the verdict rule, every number read from the result dict ``d``."""
     m = d["metrics"][name]
     p = m["pooled"]
     higher = m.get("higher_is_more_consistent")
     g = group_word(d)
-    v = m.get("verdict", {})
-    if higher is None or v.get("direction") in (None, "undefined"):
+    f = m.get("finding") or {}
+    if higher is None or f.get("outcome", "undefined") == "undefined":
         return f"**{name}**: no pooled test possible ({no_direction_reason(higher)})."
-    rows = m.get("per_class", [])
-    deltas = [r["cliffs_delta"] for r in rows if finite(r.get("cliffs_delta"))]
-    stat = p.get("statistic")
-    supported = v.get("direction") == "supported"
     more, less = METRIC_PHRASES.get(name, ("are more consistent", "are less consistent"))
-    phrase = (more if supported else less).format(g=g)
-    auc, ci = oriented_auc(p.get("auc"), p.get("auc_ci95"), higher)
+    phrase = {"better": f"correct images' maps {more.format(g=g)}", "worse": f"correct images' maps {less.format(g=g)}",
+              "inconclusive": "no difference shown"}[f["outcome"]]
     k, n = significant_classes(m)
-    span = (f" (per {g} from {fmt_fixed(min(deltas), 2, sign=True)} to {fmt_fixed(max(deltas), 2, sign=True)})"
-            if len(deltas) > 1 else "")
-    outcome = ("H1 supported" if supported and v.get("significant") else
-               "against H1" if v.get("direction") == "opposite" and v.get("significant") else "not significant")
-    return (f"**{name}** — correct images' maps {phrase}: pooled Cliff's delta "
-            f"{fmt_fixed(stat, 2, sign=True)}{span}; "
-            f"{correction_name(d)}-adjusted p < {ALPHA} in the H1 direction in {k}/{n} {plural(g)}; pooled permutation "
-            f"{p_phrase(p.get('p_permutation'))}; AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}; adds to softmax "
-            f"confidence: LRT {p_phrase(p.get('p_lrt_given_confidence'))}. *{outcome}.*")
+    fam = "the primary analyses" if m.get("role") == "primary" else f"the {m.get('role')} metrics"
+    odds = with_ci(fmt_fixed(p.get("odds_ratio_per_sd_given_confidence"), 2),
+                   fmt_ci(p.get("odds_ratio_ci95_given_confidence")))
+    outcome = outcome_text(name, m)
+    way = "in H1's direction" if m.get("role") in ("primary", "secondary") else "with correct maps better"
+    return (f"**{name}** ({m.get('role')}) — {phrase}: {auc_w_text(p)}; pooled Cliff's delta "
+            f"{fmt_fixed(p.get('statistic'), 2, sign=True)}; permutation {p_phrase(p.get('p_permutation'))}, "
+            f"{correction_name(d)}-adjusted over {fam} {p_phrase(p.get('p_adjusted'))}; per {g}: adjusted p < {ALPHA} "
+            f"{way} in {k}/{n} {plural(g)}; odds ratio per SD given confidence {odds} "
+            f"(LRT {p_phrase(p.get('p_lrt_given_confidence'))}); marginal AUC {fmt_fixed(p.get('auc_marginal'), 2)}. "
+            f"*{outcome[:1].upper() + outcome[1:]}.*")
 
 
 # --------------------------------------------------------------------------
@@ -353,4 +393,6 @@ def primary_metric(d: dict, primary: str | None) -> str:
     """The metric a report leads with: ``primary`` when analysed, else ``dist``, else the first."""
     if primary and primary in d["metrics"]:
         return primary
+    if d.get("primary") in d["metrics"]:
+        return d["primary"]
     return "dist" if "dist" in d["metrics"] else next(iter(d["metrics"]))

@@ -8,7 +8,7 @@ from rich.text import Text
 
 from camstat.present.tables import Table as Cells
 from camstat.present.text import (ci, class_mix, composition_text, fmt_p, num, orientation_text, random_text,
-                                  random_warning, reference_kind, verdict_text)
+                                  random_warning, reference_kind, verdict_headline, verdict_text)
 
 
 def from_cells(t: Cells) -> Table:
@@ -44,9 +44,14 @@ def render_consistency(d: dict) -> list:
     if u["n"]:
         items.append(Text(f"{u['n']} image(s) without a reference ({u['per_group']}): NaN for reference-based metrics, "
                           "left out of the tests", style="yellow"))
+    if d.get("dispersion"):
+        items.append(_dispersion(d["dispersion"], label))
+    if d["by"] != "class":
+        supported = (d.get("verdict") or {}).get("supported")
+        items.append(Text(f"verdict: {verdict_headline(d)}", style="bold green" if supported else "bold yellow"))
     ctl = d["controls"]
-    if ctl.get("permuted"):
-        items += _permuted(d, ctl["permuted"], label)
+    if ctl.get("null_pipeline"):
+        items += _null_pipeline(ctl["null_pipeline"], label)
     if ctl.get("random_weights"):
         items += _random(ctl["random_weights"])
     if d.get("derived"):
@@ -82,13 +87,15 @@ def _h1_metric(d: dict, key: str, m: dict, label: str) -> list:
         t.caption = f"skipped: {shown}{more}"
     p = m["pooled"]
     items: list = [t, Text(
-        f"  pooled (n = {p['n']}, {m['n_undefined']} undefined): p_perm {fmt_p(p['p_permutation'])}, "
-        f"OR/SD {num(p['odds_ratio_per_sd'], '.3f')} {ci(p.get('odds_ratio_ci95'))}, p_LRT {fmt_p(p['p_lrt'])}, "
-        f"p_LRT|conf {fmt_p(p['p_lrt_given_confidence'])}, AUC {num(p['auc'], '.3f')} {ci(p['auc_ci95'])}")]
+        f"  pooled (n = {p['n']}, {m['n_undefined']} undefined; {m['role']}): AUC within {label} "
+        f"{num(p.get('auc_within_class'), '.3f')} {ci(p.get('auc_within_class_ci95'))}, p_perm "
+        f"{fmt_p(p['p_permutation'])}, p_adj {fmt_p(p.get('p_adjusted'))}, OR/SD|conf "
+        f"{num(p.get('odds_ratio_per_sd_given_confidence'), '.3f')} {ci(p.get('odds_ratio_ci95_given_confidence'))}, "
+        f"p_LRT|conf {fmt_p(p.get('p_lrt_given_confidence'))}, marginal AUC {num(p.get('auc_marginal'), '.3f')} "
+        f"{ci(p.get('auc_marginal_ci95'))}")]
     items += [Text(f"  note: {note}", style="dim") for note in p.get("notes") or []]
-    v = m["verdict"]
-    style = "green" if v["direction"] == "supported" and v["significant"] else (
-        "red" if v["direction"] == "opposite" and v["significant"] else "yellow")
+    outcome = m["finding"]["outcome"]
+    style = "green" if outcome == "better" else "red" if outcome == "worse" else "yellow"
     items.append(Text(f"  {key}: {verdict_text(key, m)}", style=style))
     return items
 
@@ -107,6 +114,33 @@ def _groups(d: dict, label: str) -> Table:
     return t
 
 
+def _dispersion(disp: dict, label: str) -> Table:
+    t = _table(f"more consistent among themselves? dispersion about each group's own leave-one-out mean per {label} "
+               "(log ratio > 0: incorrect maps more dispersed)",
+               (label, "n corr", "n inc", "dispersion corr", "dispersion inc", "log ratio", "p"), (label,))
+    for r in disp["per_class"]:
+        t.add_row(r["class"], str(r["n_correct"]), str(r["n_incorrect"]), num(r["dispersion_correct"]),
+                  num(r["dispersion_incorrect"]), num(r["statistic"], "+.3f"), fmt_p(r["p_value"]))
+    pooled = disp["pooled"]
+    t.add_row("pooled", "", "", "", "", num(pooled["statistic"], "+.3f"), fmt_p(pooled["p_permutation"]),
+              style="bold")
+    return t
+
+
+def _null_pipeline(npl: dict, label: str) -> list:
+    if "metrics" not in npl:
+        return [Text("control: null pipeline not run (references from another store do not depend on the labels)",
+                     style="dim")]
+    t = _table(f"control: the whole pipeline under the null, {npl['repeats']} repeats (correctness shuffled within "
+               f"{label}, references rebuilt; rejection rate must be near {npl['alpha']})",
+               ("metric", "rejection rate [95% CI]", "delta quantiles", f"AUC within {label} quantiles"), ("metric",))
+    for key, m in npl["metrics"].items():
+        t.add_row(key, f"{num(m['rejection_rate'], '.3f')} {ci(m.get('rejection_rate_ci95'))}",
+                  " / ".join(num(x, "+.3f") for x in m["delta_quantiles"] or []),
+                  " / ".join(num(x, ".3f") for x in m["auc_within_class_quantiles"] or []))
+    return [t]
+
+
 def _clusters(c: dict) -> Table:
     t = _table(f"composition clusters: {composition_text(c)}", ("cluster", "n", "silhouette", "classes"),
                ("cluster", "classes"))
@@ -115,40 +149,16 @@ def _clusters(c: dict) -> Table:
     return t
 
 
-def _permuted(d: dict, pc: dict, label: str) -> list:
-    title = f"control: correctness permuted within {label} ({pc['n_changed']} labels changed; the effect must vanish)"
-    if d["by"] == "class":
-        t = _table(title, ("metric", "median correct", "median incorrect"), ("metric",))
-        for key, m in pc["metrics"].items():
-            t.add_row(key, num(m["pooled"]["median_correct"]), num(m["pooled"]["median_incorrect"]))
-    else:
-        t = _table(title, ("metric", "delta", "delta / real", "p_perm", "AUC [95% CI]", "direction", "significant"),
-                   ("metric",))
-        for key, m in pc["metrics"].items():
-            p = m["pooled"]
-            t.add_row(key, num(p.get("statistic"), "+.3f"), num(m.get("statistic_over_real"), "+.2f"),
-                      fmt_p(p["p_permutation"]), f"{num(p['auc'], '.3f')} {ci(p['auc_ci95'])}",
-                      m["verdict"]["direction"], "yes" if m["verdict"]["significant"] else "no")
-    items: list = [t]
-    rb = pc.get("rebuilt_references")
-    if rb:
-        parts = ", ".join(f"{k} {num(m['statistic'], '+.3f')} (p {fmt_p(m['p_permutation'])}, {m['direction']})"
-                          for k, m in rb["metrics"].items())
-        items.append(Text(f"  references rebuilt from the shuffled labels (whole pipeline under the null; "
-                          f"leave-one-out artefact, if any, 'opposite'): {parts}", style="dim"))
-    items.append(Text("  (under the null, p < 0.05 in 5 % of seeds; judge the control by delta / real)", style="dim"))
-    return items
-
-
 def _random(rc: dict) -> list:
     t = _table(f"control: randomised weights ({rc['store']['path']}; Adebayo et al. 2018)",
-               ("metric", "median trained", "median random", "random/trained", "AUC trained", "AUC random",
-                "mean diff [95% CI]", "p (Wilcoxon)"), ("metric",))
+               ("metric", "median trained", "median random", "random/trained", "AUC within trained",
+                "AUC within random", "marginal AUC random", "mean diff [95% CI]", "p (Wilcoxon)"), ("metric",))
     for key, m in rc["metrics"].items():
         pt = m["paired_trained_minus_random"]
         t.add_row(key, num(m["median_trained"]), num(m["median_random"]), num(m["random_over_trained"], ".3f"),
-                  f"{num(m['auc_trained'], '.3f')} {ci(m['auc_trained_ci95'])}",
-                  f"{num(m['auc_random'], '.3f')} {ci(m['auc_random_ci95'])}",
+                  f"{num(m['auc_within_class_trained'], '.3f')} {ci(m['auc_within_class_trained_ci95'])}",
+                  f"{num(m['auc_within_class_random'], '.3f')} {ci(m['auc_within_class_random_ci95'])}",
+                  f"{num(m['auc_marginal_random'], '.3f')} {ci(m['auc_marginal_random_ci95'])}",
                   f"{num(pt['mean_diff'], '+.4g')} {ci(pt['ci95'], '.4g')}", fmt_p(pt["p_wilcoxon"]))
     t.caption = "groups and correctness from the trained store; references leave-one-out within the random store"
     items: list = [t]

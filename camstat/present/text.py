@@ -147,21 +147,82 @@ def no_direction_reason(higher: bool | None) -> str:
     return "no H1 direction: the metric has no better side" if higher is None else "no pooled test possible"
 
 
+#: the question each role of a metric answers (concentration is never evidence for or against H1)
+ROLE_QUESTIONS = {
+    "primary": "H1 (primary metric)",
+    "secondary": "H1 (secondary consistency metric)",
+    "concentration": "are correct maps narrower? (concentration, not evidence for or against H1)",
+    "localisation": "are correct maps better localised on the object?",
+}
+
+
+def better_word(key: str) -> str:
+    """What a better value of the metric is: ``more consistent``, ``more concentrated``, ``better localised``."""
+    return metrics_mod.FAMILY_LABELS[metrics_mod.family(key)]
+
+
+def auc_w_text(pooled: dict) -> str:
+    """``within-class AUC 0.61 [0.59, 0.63]``: the headline effect size."""
+    auc, ci = pooled.get("auc_within_class"), pooled.get("auc_within_class_ci95")
+    return f"within-class AUC {fmt_fixed(auc, 2)} {fmt_ci(ci)}".rstrip()
+
+
+def outcome_text(key: str, m: dict) -> str:
+    """The outcome of one metric by the verdict rule (adjusted p < alpha and within-class AUC CI off 0.5)."""
+    f = m.get("finding") or {}
+    word = better_word(key)
+    worse = word.replace("more ", "less ").replace("better ", "worse ")
+    return {"better": f"correct images' maps {word} (adjusted p < {ALPHA}, CI above 0.5)",
+            "worse": f"correct images' maps {worse} (adjusted p < {ALPHA}, CI below 0.5)",
+            "inconclusive": "inconclusive (" + ("adjusted p not below " + str(ALPHA) if not f.get("significant")
+                                                 else "within-class AUC CI includes 0.5") + ")",
+            }.get(f.get("outcome"), "no test possible")
+
+
 def verdict_text(key: str, m: dict, alpha: float = ALPHA) -> str:
-    """One line for a metric's verdict: direction, pooled delta, orientation, significance."""
-    v, pooled, higher = m["verdict"], m["pooled"], m.get("higher_is_more_consistent")
-    stat, p = pooled.get("statistic"), pooled.get("p_permutation")
-    if v["direction"] == "undefined":
-        return no_direction_reason(higher)
-    label = metrics_mod.FAMILY_LABELS[metrics_mod.family(key)]
-    word = label.split()[-1]
-    if word == "localised":
-        phrase = {"supported": "better localised", "opposite": "worse localised", "none": "equally well localised"}
+    """One line for a metric: its role's question, the headline AUC, the adjusted p and the outcome by the rule."""
+    p = m["pooled"]
+    if (m.get("finding") or {}).get("outcome", "undefined") == "undefined":
+        return no_direction_reason(m.get("higher_is_more_consistent"))
+    return (f"{ROLE_QUESTIONS.get(m.get('role'), 'H1')}: {auc_w_text(p)}, pooled delta "
+            f"{fmt_fixed(p.get('statistic'), 3, sign=True)} "
+            f"({orientation_text(key, m.get('higher_is_more_consistent'))}), "
+            f"adjusted {p_phrase(p.get('p_adjusted'))}: {outcome_text(key, m)}")
+
+
+def verdict_headline(d: dict) -> str:
+    """The H1 verdict of one analysis, from the primary metric alone (SPEC 4's rule)."""
+    v = d.get("verdict")
+    if not v:
+        return "no H1 verdict (no consistency metric tested)"
+    fam = v.get("family_size", 1)
+    over = f" over {fam} primary analyses" if fam > 1 else ""
+    corr = CORRECTION_NAMES.get(v.get("correction"), v.get("correction"))
+    head = (f"primary metric {v['primary']}: within-class AUC {fmt_fixed(v.get('auc_within_class'), 2)} "
+            f"{fmt_ci(v.get('auc_within_class_ci95'))}, {corr}-adjusted permutation "
+            f"{p_phrase(v.get('p_adjusted'))}{over}")
+    if v.get("supported"):
+        return f"H1 supported ({head})"
+    lo_hi = v.get("auc_within_class_ci95") or [None, None]
+    if v.get("significant") and finite(lo_hi[1]) and lo_hi[1] < 0.5:
+        why = "correct images' maps are less consistent: against H1"
+    elif not v.get("significant"):
+        why = f"adjusted p not below {v.get('alpha', ALPHA)}"
     else:
-        phrase = {"supported": f"more {word}", "opposite": f"less {word}", "none": f"equally {word}"}
-    return (f"H1 direction {v['direction']}: correct images' maps are {phrase[v['direction']]} than incorrect ones "
-            f"(pooled delta {fmt_fixed(stat, 3, sign=True)}; {orientation_text(key, higher)}); "
-            + (f"significant ({p_phrase(p)} < {alpha})" if v["significant"] else f"not significant ({p_phrase(p)})"))
+        why = "the within-class AUC CI includes 0.5"
+    return f"H1 not supported ({head}; {why})"
+
+
+def summary_roles(d: dict) -> str:
+    """The summary's tail: how many secondary metrics agree by the rule, and the concentration question apart."""
+    parts = []
+    for role, label in (("secondary", "secondary consistency metrics with correct maps more consistent"),
+                        ("concentration", "concentration metrics with correct maps narrower")):
+        ms = [m for m in d["metrics"].values() if m.get("role") == role]
+        if ms:
+            k = sum(1 for m in ms if (m.get("finding") or {}).get("outcome") == "better")
+            parts.append(f"{label} (adjusted p < {ALPHA}, within-class AUC CI above 0.5): {k}/{len(ms)}")
+    return "".join(f"; {p}" for p in parts)
 
 
 def random_text(key: str, m: dict) -> str:
@@ -172,8 +233,9 @@ def random_text(key: str, m: dict) -> str:
     gain = diff if higher else -diff
     word = metrics_mod.FAMILY_LABELS[metrics_mod.family(key)].split()[-1]
     return (f"trained maps are {'more' if gain > 0 else 'less'} {word} than random-weight maps (median "
-            f"{fmt_sig(m['median_trained'])} vs {fmt_sig(m['median_random'])}); AUC trained "
-            f"{fmt_fixed(m['auc_trained'], 3)} vs random {fmt_fixed(m['auc_random'], 3)}")
+            f"{fmt_sig(m['median_trained'])} vs {fmt_sig(m['median_random'])}); within-class AUC trained "
+            f"{fmt_fixed(m.get('auc_within_class_trained'), 3)} vs random "
+            f"{fmt_fixed(m.get('auc_within_class_random'), 3)}")
 
 
 def group_word(d: dict) -> str:
@@ -222,15 +284,19 @@ UNDEFINED_NOTE = ("images without a reference (leave-one-out: the only correct i
                   "metrics and are left out of the tests, with counts")
 
 
-def permuted_note(d: dict) -> str:
-    return (f"correctness shuffled within each {group_word(d)} (seed {d['params']['seed']}) and the same tests run "
-            "on the same per-image values: H1's effect must vanish")
+def null_pipeline_note(d: dict) -> str:
+    np_ = d["controls"]["null_pipeline"]
+    return (f"the whole pipeline under the null, {np_['repeats']} times (seed {d['params']['seed']}): correctness "
+            f"shuffled within each {group_word(d)}, leave-one-out references rebuilt, every metric recomputed and the "
+            f"pooled test (van Elteren's stratified Wilcoxon test) rerun; the rejection rate at {np_['alpha']} must be "
+            f"near {np_['alpha']}")
 
 
-REBUILT_NOTE = ("leave-one-out references rebuilt from the shuffled labels (the whole pipeline under the null). "
-                "A correct image's reference lacks the image itself, so in classes whose maps form distinct modes "
-                "it leans away from the image's own mode by 1/n_correct: a small artefact in the direction "
-                "*opposite* to H1 (conservative for H1), largest for small classes")
+DISPERSION_NOTE = ("the symmetric question, apart from the reference tests: each group's mean distance to its own "
+                   "leave-one-out group mean (correct maps to the mean of the other correct maps, incorrect maps to "
+                   "the mean of the other incorrect maps); statistic log(dispersion incorrect / dispersion correct), "
+                   "> 0: incorrect maps less consistent among themselves; permutation p with correctness shuffled "
+                   "within class and group means recomputed")
 
 
 def random_note(d: dict) -> str:
