@@ -1,12 +1,12 @@
 """Render studies/chest-xray/h1/README.md from the JSON results beside it; every number is read from them.
 
-The JSON files are the ``--json`` outputs of ``camstat consistency`` and
-``camstat detect-errors`` listed in ``studies/chest-xray/run.sh`` (section
-"H1 and error detection"). The H1 verdict follows SPEC 4: the primary
-metric ``dist`` supports H1 in an analysis when its pooled permutation p,
-Holm-adjusted across the analyses of one grouping (here the two CAM
-methods), is below alpha *and* its within-class (here: within-group) AUC
-95 % CI lies above 0.5 in H1's direction.
+The JSON files are the ``--json`` outputs of ``camstat consistency`` (both
+CAM methods in one command: ``{"analyses": [...]}``) and ``camstat
+detect-errors`` listed in ``studies/chest-xray/run.sh`` (section "H1 and
+error detection"). The H1 verdicts are camstat's own (each analysis's
+``verdict``, SPEC 4): the primary metric ``dist`` supports H1 when its
+pooled permutation p, Holm-adjusted across the command's analyses (the two
+methods), is below alpha *and* its within-group AUC 95 % CI lies above 0.5.
 
 Run from the repository root: ``python studies/chest-xray/h1/tables.py``.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from statsmodels.stats.multitest import multipletests
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("gradcam", "gradcam++")
@@ -32,6 +30,12 @@ SCORE_NAMES = {"msp": "max softmax probability", "logit_margin": "logit margin",
 
 def load(name: str) -> dict:
     return json.loads((HERE / f"{name}.json").read_text())
+
+
+def analyses(name: str) -> list[dict]:
+    """The per-method analyses of one ``camstat consistency --method gradcam,gradcam++`` command, in METHODS order."""
+    found = {a["method"]: a for a in load(name)["analyses"]}
+    return [found[m] for m in METHODS]
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -53,27 +57,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def h1_auc(record: dict) -> tuple[float, list[float]]:
-    """The within-group AUC in H1's orientation (> 0.5: correct images' maps more consistent).
-
-    This JSON records P(metric of a correct image > metric of an incorrect one of the same group); for a
-    metric where lower is more consistent, H1's orientation is one minus that (and the CI flips).
-    """
-    p = record["pooled"]
-    auc, (lo, hi) = p["auc_within_class"], p["auc_within_class_ci95"]
-    return (auc, [lo, hi]) if record["higher_is_more_consistent"] else (1 - auc, [1 - hi, 1 - lo])
+def auc_within(pooled: dict) -> str:
+    return f"{num(pooled['auc_within_class'])} {ci(pooled['auc_within_class_ci95'])}"
 
 
-def verdicts(results: list[dict]) -> list[dict]:
-    """SPEC 4's rule for the primary metric over the analyses of one grouping (Holm across them)."""
-    records = [r["metrics"][PRIMARY] for r in results]
-    p_adj = multipletests([r["pooled"]["p_permutation"] for r in records], method="holm")[1]
-    out = []
-    for rec, p in zip(records, p_adj):
-        auc, lohi = h1_auc(rec)
-        out.append({"p_adjusted": float(p), "auc": auc, "ci": lohi,
-                    "supported": bool(p < ALPHA and lohi[0] > 0.5)})
-    return out
+def supported(a: dict) -> str:
+    return "supported" if a["verdict"]["supported"] else "not supported"
 
 
 def tested(record: dict) -> str:
@@ -84,7 +73,7 @@ def tested(record: dict) -> str:
 
 
 def setup() -> str:
-    d, det = load("class-gradcam"), load("detect-gradcam")
+    d, det = analyses("class")[0], load("detect-gradcam")
     ref = det["reference"]
     rows = [[g["class"], str(g["n"]), str(g["n_correct"]), str(g["n_incorrect"])] for g in d["groups"]]
     return (f"Test split: n = {d['n']} images, accuracy {num(d['accuracy'])} ({d['n_correct']} correct, "
@@ -94,36 +83,70 @@ def setup() -> str:
 
 
 def by_correct() -> str:
-    results = [load(f"correct-{m}") for m in METHODS]
     rows = []
-    for m, d in zip(METHODS, results):
+    for a in analyses("correct"):
         for name in H1_METRICS:
-            rec = d["metrics"][name]
+            rec = a["metrics"][name]
             p = rec["pooled"]
-            auc, lohi = h1_auc(rec)
-            rows.append([name, m, tested(rec), pval(p["p_permutation"]), f"{num(auc)} {ci(lohi)}",
+            rows.append([name, a["method"], tested(rec), pval(p["p_permutation"]), pval(p["p_adjusted"]),
+                         auc_within(p), f"{num(p['auc_marginal'])} {ci(p['auc_marginal_ci95'])}",
                          f"{num(p['odds_ratio_per_sd_given_confidence'], 2)} "
                          f"{ci(p['odds_ratio_ci95_given_confidence'], 2)}", pval(p["p_lrt_given_confidence"])])
-    header = ["metric", "method", "per class: δ [95% CI] (p adj)", "p perm", "within-class AUC [95% CI]",
-              "OR/SD given confidence [95% CI]", "p LRT given confidence"]
-    return table(header, rows) + "\n\n" + verdict_lines("by class (`--by correct`)", results)
+        c = a["confidence_baseline"]
+        rows.append(["softmax confidence (baseline)", a["method"], "", "", "", auc_within(c),
+                     f"{num(c['auc_marginal'])} {ci(c['auc_marginal_ci95'])}", "", ""])
+    header = ["metric", "method", "per class: δ [95% CI] (p adj)", "p perm", "p adj", "within-class AUC [95% CI]",
+              "marginal AUC [95% CI]", "OR/SD given confidence [95% CI]", "p LRT given confidence"]
+    return table(header, rows) + "\n\n" + verdict_lines("by class (`--by correct`)", analyses("correct"))
 
 
 def verdict_lines(grouping: str, results: list[dict]) -> str:
     lines = []
-    for m, v in zip(METHODS, verdicts(results)):
-        word = "**H1 supported**" if v["supported"] else "**H1 not supported**"
-        lines.append(f"- {grouping}, {m}: {PRIMARY} p perm Holm-adjusted over the two methods "
-                     f"{pval(v['p_adjusted'])}, within-group AUC {num(v['auc'])} {ci(v['ci'])}: {word}.")
+    for a in results:
+        v = a["verdict"]
+        lines.append(f"- {grouping}, {a['method']}: {PRIMARY} p perm Holm-adjusted over the "
+                     f"{v['family_size']} methods {pval(v['p_adjusted'])}, within-group AUC "
+                     f"{num(v['auc_within_class'])} {ci(v['auc_within_class_ci95'])}: **H1 {supported(a)}**.")
     return "\n".join(lines)
+
+
+def dispersion(names: list[tuple[str, str]]) -> str:
+    """Are misclassified maps less consistent among themselves (per group: mean distance to the group's own
+    leave-one-out mean and mean pairwise SSIM), with the within-group permutation test."""
+    rows = []
+    for name, label in names:
+        for a in analyses(name):
+            d = a["dispersion"]
+            for r in d["per_class"]:
+                rows.append([label, a["method"], r["class"], f"{r['n_correct']} / {r['n_incorrect']}",
+                             f"{num(r['dispersion_correct'], 4)} / {num(r['dispersion_incorrect'], 4)}",
+                             f"{num(r['ssim_correct'])} / {num(r['ssim_incorrect'])}", pval(r["p_value"])])
+            rows.append([label, a["method"], "pooled", "", "", "", pval(d["pooled"]["p_permutation"])])
+    return table(["grouping", "method", "group", "n correct / incorrect", "dispersion (correct / incorrect)",
+                  "pairwise SSIM (correct / incorrect)", "p"], rows)
+
+
+def null_pipeline(names: list[tuple[str, str]]) -> str:
+    rows = []
+    for name, label in names:
+        for a in analyses(name):
+            n = a["controls"]["null_pipeline"]
+            for metric in H1_METRICS:
+                m = n["metrics"][metric]
+                q = m["auc_within_class_quantiles"]
+                rows.append([label, a["method"], metric, str(n["repeats"]),
+                             f"{num(m['rejection_rate'])} {ci(m['rejection_rate_ci95'])}",
+                             f"{num(q[0])} / {num(q[1])} / {num(q[2])}"])
+    return table(["grouping", "method", "metric", "repeats", "rejection rate at 0.05 [95% CI]",
+                  "null within-group AUC 2.5 / 50 / 97.5 %"], rows)
 
 
 def by_class() -> str:
     rows = []
-    for m in METHODS:
-        for g in load(f"class-{m}")["groups"]:
+    for a in analyses("class"):
+        for g in a["groups"]:
             c, i = g["correct"], g["incorrect"]
-            rows.append([g["class"], m, f"{g['n_correct']} / {g['n_incorrect']}",
+            rows.append([g["class"], a["method"], f"{g['n_correct']} / {g['n_incorrect']}",
                          f"{num(c['mean_pairwise_ssim'])} / {num(i['mean_pairwise_ssim'])}",
                          f"{num(c['mean_dist_to_mean'], 4)} / {num(i['mean_dist_to_mean'], 4)}"])
     return table(["predicted class", "method", "n correct / incorrect", "mean pairwise SSIM (correct / incorrect)",
@@ -134,7 +157,7 @@ def clusterings() -> str:
     rows = []
     for f in FEATURES:
         for key, label in CLUSTERINGS.items():
-            d = load(f"cluster-{f}-{key}-gradcam")
+            d = analyses(f"cluster-{f}-{key}")[0]
             cl = d["clusters"]
             for g, sil in zip(d["groups"], cl["silhouette"]):
                 mix = ", ".join(f"{c} {n}" for c, n in cl["class_counts"][g["cluster"]].items())
@@ -148,17 +171,14 @@ def by_cluster() -> str:
     rows = []
     for f in FEATURES:
         for key, label in CLUSTERINGS.items():
-            results = [load(f"cluster-{f}-{key}-{m}") for m in METHODS]
-            for m, d, v in zip(METHODS, results, verdicts(results)):
-                p = d["metrics"][PRIMARY]["pooled"]
-                rows.append([f, label, str(d["clusters"]["n_clusters"]), m, tested(d["metrics"][PRIMARY]),
-                             pval(p["p_permutation"]), pval(v["p_adjusted"]), f"{num(v['auc'])} {ci(v['ci'])}",
-                             pval(p["p_lrt_given_confidence"]), "supported" if v["supported"] else "not supported"])
+            for a in analyses(f"cluster-{f}-{key}"):
+                p, v = a["metrics"][PRIMARY]["pooled"], a["verdict"]
+                rows.append([f, label, str(a["clusters"]["n_clusters"]), a["method"], tested(a["metrics"][PRIMARY]),
+                             pval(p["p_permutation"]), pval(v["p_adjusted"]), auc_within(p),
+                             pval(p["p_lrt_given_confidence"]), supported(a)])
     return table(["features", "clustering", "clusters", "method", "per cluster: δ [95% CI] (p adj)", "p perm",
                   "p Holm (2 methods)", "within-cluster AUC [95% CI]", "p LRT given confidence", "H1 (SPEC 4 rule)"],
                  rows)
-
-
 def detection() -> str:
     rows, vs_rows = [], []
     for m in METHODS:
@@ -183,25 +203,32 @@ def span(values: list[float]) -> str:
     return f"{pval(min(values))} to {pval(max(values))}"
 
 
+def verdict_text(a: dict) -> str:
+    v = a["verdict"]
+    return f"{a['method']} {num(v['auc_within_class'])} {ci(v['auc_within_class_ci95'])} ({supported(a)})"
+
+
 def findings() -> str:
-    correct = [load(f"correct-{m}") for m in METHODS]
-    v_correct = verdicts(correct)
-    conf_correct = [d["metrics"][PRIMARY]["pooled"]["p_lrt_given_confidence"] for d in correct]
-    across = {(f, k): [load(f"cluster-{f}-{k}-{m}") for m in METHODS] for f in FEATURES for k in ("auto", "k4")}
-    within = {f: [load(f"cluster-{f}-auto-within-{m}") for m in METHODS] for f in FEATURES}
-    n_mixed = {fk: mixed_clusters(rs[0]) for fk, rs in across.items()}
-    conf_across = [d["metrics"][PRIMARY]["pooled"]["p_lrt_given_confidence"] for rs in across.values() for d in rs]
-    conf_within = [d["metrics"][PRIMARY]["pooled"]["p_lrt_given_confidence"] for rs in within.values() for d in rs]
-    out = [f"- **By class.** {PRIMARY}: within-class AUC "
-           + "; ".join(f"{m} {num(v['auc'])} {ci(v['ci'])} ({'supported' if v['supported'] else 'not supported'})"
-                       for m, v in zip(METHODS, v_correct))
-           + f". Only one class can be tested: predicted normal has "
-           f"{correct[0]['metrics'][PRIMARY]['skipped'][0][1]}, so H1 here is H1 within predicted pneumonia. "
-           f"Given confidence (spline of the log-odds plus the margin), {PRIMARY}'s likelihood-ratio p is "
-           f"{span(conf_correct)}: the maps say nothing about correctness that the softmax does not."]
-    mixed_txt = ", ".join(f"{f} {CLUSTERINGS[k]}: {n} of {rs[0]['clusters']['n_clusters']}"
-                          for (f, k), rs in across.items() for n in [n_mixed[(f, k)]])
-    sil = {f: max(max(load(f"cluster-{f}-{k}-gradcam")["clusters"]["silhouette"]) for k in CLUSTERINGS)
+    correct = analyses("correct")
+    conf_correct = [a["metrics"][PRIMARY]["pooled"]["p_lrt_given_confidence"] for a in correct]
+    across = {(f, k): analyses(f"cluster-{f}-{k}") for f in FEATURES for k in ("auto", "k4")}
+    within = {f: analyses(f"cluster-{f}-auto-within") for f in FEATURES}
+    conf_across = [a["metrics"][PRIMARY]["pooled"]["p_lrt_given_confidence"] for rs in across.values() for a in rs]
+    conf_within = [a["metrics"][PRIMARY]["pooled"]["p_lrt_given_confidence"] for rs in within.values() for a in rs]
+    rates = [a["controls"]["null_pipeline"]["metrics"][PRIMARY]["rejection_rate"] for a in correct]
+    conf = correct[0]["confidence_baseline"]
+    out = [f"- **By class.** {PRIMARY}: within-class AUC " + "; ".join(verdict_text(a) for a in correct)
+           + f". Softmax confidence's own within-class AUC is {auc_within(conf)}, "
+           + ("above" if all(a["metrics"][k]["pooled"]["auc_within_class"] < conf["auc_within_class"]
+                             for a in correct for k in H1_METRICS) else "not above")
+           + " every map metric's. Only one class can be tested: predicted normal has "
+           f"{correct[0]['metrics'][PRIMARY]['skipped'][0][1]}, so the per-class tests are those of predicted "
+           f"pneumonia. Given confidence (spline of the log-odds plus the margin), {PRIMARY}'s likelihood-ratio p "
+           f"is {span(conf_correct)}: the maps add nothing detectable to the softmax about correctness. Under the "
+           f"null pipeline (correctness shuffled within class) {PRIMARY} rejects at rate {span(rates)}."]
+    mixed_txt = ", ".join(f"{f} {CLUSTERINGS[k]}: {mixed_clusters(rs[0])} of {rs[0]['clusters']['n_clusters']}"
+                          for (f, k), rs in across.items())
+    sil = {f: max(max(analyses(f"cluster-{f}-{k}")[0]["clusters"]["silhouette"]) for k in CLUSTERINGS)
            for f in FEATURES}
     out.append("- **What composition clusters look like.** The best cluster silhouette per feature kind is "
                + ", ".join(f"{f} {num(s, 2)}" for f, s in sil.items())
@@ -215,23 +242,16 @@ def findings() -> str:
                f"{span(conf_correct)} by class). Read these as class confounding, not as evidence that the maps add "
                "to confidence; a model with both C(class) and C(cluster) would settle it, and the within-class "
                "clusterings below are the clean version of the question.")
-    rows = []
-    for f, rs in within.items():
-        vs = verdicts(rs)
-        rows.append(f"{f}: " + ", ".join(f"{m} {num(v['auc'])} {ci(v['ci'])} "
-                                          f"({'supported' if v['supported'] else 'not supported'})"
-                                          for m, v in zip(METHODS, vs)))
     emb = within["embedding"][0]
     top = max(emb["groups"], key=lambda g: g["n_incorrect"])
     out.append("- **Composition constant (clusters within each predicted class).** Within-cluster AUC of "
-               f"{PRIMARY}: " + "; ".join(rows) + " (by class: "
-               + ", ".join(f"{m} {num(v['auc'])}" for m, v in zip(METHODS, v_correct))
-               + "). Layout clusters (thumbnail, HOG) leave H1 about as strong as by class. Clusters of the "
-               f"model's own features do not: {top['cluster']} holds {top['n_incorrect']} "
-               f"of the {emb['n_incorrect']} misclassified images ({top['n_correct']} correct), so the embedding "
-               "clusters already separate the uncertain images, and within them the maps separate correct from "
-               "incorrect much less. Given confidence, p is "
-               f"{span(conf_within)} in every within-class clustering.")
+               f"{PRIMARY}: " + "; ".join(f"{f}: " + ", ".join(verdict_text(a) for a in rs)
+                                          for f, rs in within.items())
+               + " (by class: " + ", ".join(verdict_text(a) for a in correct) + "). Clusters of the model's own "
+               f"features matter most: {top['cluster']} holds {top['n_incorrect']} of the {emb['n_incorrect']} "
+               f"misclassified images ({top['n_correct']} correct), so the embedding clusters already separate the "
+               "uncertain images, and within them the maps separate correct from incorrect less. Given confidence, "
+               f"p is {span(conf_within)} in every within-class clustering.")
     dets = [load(f"detect-{m}") for m in METHODS]
     base = dets[0]["best_baseline"]
     b = dets[0]["scores"][base]
@@ -270,6 +290,12 @@ class)."""
 def readme() -> str:
     parts = [INTRO, "## Data", setup(), "## Findings", findings(),
              "## H1 by correctness (`--by correct`), all consistency metrics", by_correct(),
+             "## Are misclassified maps less consistent among themselves? (dispersion)",
+             dispersion([("correct", "by class")] + [(f"cluster-{f}-auto-within", f"{f} within class")
+                                                     for f in FEATURES]),
+             "## Control: the whole pipeline under the null",
+             null_pipeline([("correct", "by class")] + [(f"cluster-{f}-auto-within", f"{f} within class")
+                                                        for f in FEATURES]),
              "## Group-level consistency by class (`--by class`)", by_class(),
              "## H1 within composition clusters (`--by cluster`), primary metric " + PRIMARY, by_cluster(),
              "## The clusters (identical for both methods)", clusterings(),
