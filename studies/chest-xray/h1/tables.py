@@ -251,7 +251,10 @@ def findings() -> str:
                f"features matter most: {top['cluster']} holds {top['n_incorrect']} of the {emb['n_incorrect']} "
                f"misclassified images ({top['n_correct']} correct), so the embedding clusters already separate the "
                "uncertain images, and within them the maps separate correct from incorrect less. Given confidence, "
-               f"p is {span(conf_within)} in every within-class clustering.")
+               f"p is {span(conf_within)} in every within-class clustering. Dispersion (are misclassified maps "
+               "less consistent among themselves?) follows the same pattern, pooled permutation p: "
+               + "; ".join(f"{f} " + ", ".join(f"{a['method']} {pval(a['dispersion']['pooled']['p_permutation'])}"
+                                               for a in rs) for f, rs in within.items()) + ".")
     dets = [load(f"detect-{m}") for m in METHODS]
     base = dets[0]["best_baseline"]
     b = dets[0]["scores"][base]
