@@ -458,42 +458,98 @@ def table_runs(runs: list[dict], src: str, key: str) -> Table:
     )
 
 
+H2_METRICS = (("accuracy", 3), ("dist", None), ("ssim", None), ("entropy", None), ("spread", None))
+
+
+def _arm_cells(arm: dict) -> list[str]:
+    """Per metric of an arm: ``mean ± sd [95% CI]`` over its runs (seeds)."""
+    cells = []
+    for m, dec in H2_METRICS:
+        s = arm[m]
+        mean = fmt_fixed(s.get("mean"), dec) if dec else fmt_sig(s.get("mean"))
+        sd = (fmt_fixed(s.get("sd"), dec) if dec else fmt_sig(s.get("sd"), 2)) if _finite(s.get("sd")) else ""
+        ci = (fmt_ci(s.get("ci95"), dec) if dec else fmt_ci_sig(s.get("ci95")))
+        cells.append(with_ci(f"{mean} ± {sd}" if sd else mean, ci))
+    return cells
+
+
+def _reference_phrase(c: dict) -> str:
+    return ("each run's own class means (leave-one-out)" if c["reference"] == "self"
+            else f"class means of {c['reference']}")
+
+
+ARMS_CAPTION = ("mean ± SD over runs (seeds) with t-based 95% CI where there are 2 or more runs; accuracy on the "
+                "held-out images, consistency (dist: mean squared distance, ssim: SSIM of each map to {ref}) and "
+                "concentration (entropy, spread of the map) on the images each run gets right.")
+
+
 def table_arms(c: dict, src: str, key: str) -> Table:
-    rows = []
-    for name, arm in c["arms"].items():
-        cells = [name, fmt_int(len(arm["runs"]))]
-        for m, dec in (("accuracy", 3), ("dist", None), ("ssim", None)):
-            s = arm[m]
-            mean = fmt_fixed(s.get("mean"), dec) if dec else fmt_sig(s.get("mean"))
-            sd = (fmt_fixed(s.get("sd"), dec) if dec else fmt_sig(s.get("sd"), 2)) if _finite(s.get("sd")) else ""
-            ci = (fmt_ci(s.get("ci95"), dec) if dec else fmt_ci_sig(s.get("ci95")))
-            cells.append(with_ci(f"{mean} ± {sd}" if sd else mean, ci))
-        rows.append(cells)
-    ref = ("each run's own class means (leave-one-out)" if c["reference"] == "self"
-           else f"class means of {c['reference']}")
+    rows = [[name, fmt_int(len(arm["runs"])), *_arm_cells(arm)] for name, arm in c["arms"].items()]
     return Table(
-        key=key, source=src,
-        caption=(f"H2, per arm: held-out accuracy and consistency (dist: mean squared distance, ssim: SSIM of each "
-                 f"held-out map to {ref}); mean ± SD over runs (seeds) with t-based 95% CI where there are 2 or "
-                 f"more runs."),
-        columns=["arm", "runs", "accuracy", "dist", "ssim"], rows=rows,
+        key=key, source=src, caption="H2, per arm: " + ARMS_CAPTION.format(ref=_reference_phrase(c)),
+        columns=["arm", "runs", *(m for m, _ in H2_METRICS)], rows=rows,
     )
 
 
+def _paired_cells(p: dict, dec: int | None) -> list[str]:
+    """A paired difference over seeds: pairs, mean diff [95% t CI], sign-flip p, t-test p, Wilcoxon p."""
+    diff = fmt_fixed(p.get("mean_diff"), dec, sign=True) if dec else fmt_sig(p.get("mean_diff"))
+    ci = fmt_ci(p.get("ci95"), dec) if dec else fmt_ci_sig(p.get("ci95"))
+    return [fmt_int(p.get("n")), with_ci(diff, ci), fmt_p(p.get("p_signflip")), fmt_p(p.get("p_ttest")),
+            fmt_p(p.get("p_wilcoxon"))]
+
+
+PAIRED_COLUMNS = ["pairs", "mean diff [95% CI]", "p (sign-flip)", "p (t)", "p (Wilcoxon)"]
+PAIRED_CAPTION = ("t-based 95% CI; p: the exact sign-flip permutation test over seeds (the H2 test; with n pairs "
+                  "it cannot go below 2/2^n), the paired t-test and, from 6 pairs, the Wilcoxon signed-rank test.")
+
+
 def table_paired(c: dict, src: str, key: str) -> Table:
-    rows = []
-    for m, dec in (("accuracy", 3), ("dist", None), ("ssim", None)):
-        p = c["paired"].get(m) or {}
-        diff = fmt_fixed(p.get("mean_diff"), dec, sign=True) if dec else fmt_sig(p.get("mean_diff"))
-        ci = fmt_ci(p.get("ci95"), dec) if dec else fmt_ci_sig(p.get("ci95"))
-        rows.append([m, fmt_int(p.get("n")), with_ci(diff, ci), fmt_p(p.get("p_ttest")), fmt_p(p.get("p_wilcoxon"))])
-    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m in ("accuracy", "dist", "ssim")
+    rows = [[m, *_paired_cells(c["paired"].get(m) or {}, dec)] for m, dec in H2_METRICS]
+    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m, _ in H2_METRICS
                                if (c["paired"].get(m) or {}).get("note")))
     return Table(
         key=key, source=src,
         caption=(f"H2, paired by seed: difference {c['paired']['difference']} over {len(c['paired']['pairs'])} "
-                 f"seed pair(s), t-based 95% CI, paired t-test p and Wilcoxon signed-rank p."),
-        columns=["metric", "pairs", "mean diff [95% CI]", "p (t)", "p (Wilcoxon)"], rows=rows, notes=notes,
+                 f"seed pair(s); " + PAIRED_CAPTION),
+        columns=["metric", *PAIRED_COLUMNS], rows=rows, notes=notes,
+    )
+
+
+def sweep_arms(sweep: dict) -> dict[str, dict]:
+    """Every arm of a sweep comparison by name, the baseline (the comparisons' common second arm) first."""
+    first = sweep["comparisons"][0]
+    base = list(first["arms"])[1]
+    arms = {base: first["arms"][base]}
+    for c in sweep["comparisons"]:
+        name = list(c["arms"])[0]
+        arms[name] = c["arms"][name]
+    return arms
+
+
+def table_sweep_arms(sweep: dict, src: str, key: str) -> Table:
+    rows = [[name, fmt_int(len(arm["runs"])), *_arm_cells(arm)] for name, arm in sweep_arms(sweep).items()]
+    return Table(
+        key=key, source=src,
+        caption="H2, every arm of the sweep: " + ARMS_CAPTION.format(ref=_reference_phrase(sweep["comparisons"][0])),
+        columns=["arm", "runs", *(m for m, _ in H2_METRICS)], rows=rows,
+    )
+
+
+def table_sweep_paired(sweep: dict, src: str, key: str) -> Table:
+    rows, notes = [], []
+    for c in sweep["comparisons"]:
+        arm = list(c["arms"])[0]
+        for m, dec in H2_METRICS:
+            p = c["paired"].get(m) or {}
+            rows.append([arm, m, *_paired_cells(p, dec)])
+            if p.get("note"):
+                notes.append(f"{arm}: {p['note']}.")
+    base = list(sweep["comparisons"][0]["arms"])[1]
+    return Table(
+        key=key, source=src,
+        caption=f"H2, each arm minus {base}, paired by seed; " + PAIRED_CAPTION,
+        columns=["arm", "metric", *PAIRED_COLUMNS], rows=rows, notes=list(dict.fromkeys(notes)),
     )
 
 
@@ -520,13 +576,14 @@ def compare_sentence(c: dict) -> str:
     parts = [f"held-out accuracy {a} {fmt_fixed(acc[a], 3)} vs {b} {fmt_fixed(acc[b], 3)}",
              f"dist {fmt_sig(dist[a])} vs {fmt_sig(dist[b])} (lower = more consistent)"]
     pa = c["paired"].get("accuracy") or {}
-    if _finite(pa.get("p_ttest")):
-        parts.append(f"paired t-test on accuracy {p_phrase(pa['p_ttest'])} over {pa['n']} seeds")
+    if _finite(pa.get("p_signflip")):
+        parts.append(f"paired by seed, accuracy differs by {fmt_fixed(pa['mean_diff'], 3, sign=True)} "
+                     f"(sign-flip {p_phrase(pa['p_signflip'])} over {pa['n']} seeds)")
     else:
         parts.append(f"no paired test over seeds ({pa.get('note') or 'fewer than 2 seed pairs'})")
     for r in c["mcnemar"]["per_pair"]:
-        parts.append(f"McNemar (seed {r['seed']}): {r['b']} images only {a} gets right, {r['c']} only {b}, "
-                     f"{p_phrase(r['p_value'])}")
+        parts.append(f"McNemar (seed {r['seed']}, descriptive): {r['b']} images only {a} gets right, {r['c']} only "
+                     f"{b}, {p_phrase(r['p_value'])}")
     return "; ".join(parts) + "."
 
 
@@ -540,7 +597,8 @@ def _is_run(path: Path) -> bool:
 
 
 def classify_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(stores, runs) among the inputs; anything else is an error naming it."""
+    """(stores, runs) among the inputs (a ``camstat sweep`` folder gives its runs); anything else is an error."""
+    from camstat.runs import find_runs
     from camstat.store import _is_store
 
     stores, runs = [], []
@@ -552,6 +610,8 @@ def classify_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path
             stores.append(path)
         elif _is_run(path):
             runs.append(path)
+        elif find_runs(path):  # a sweep folder: its runs
+            runs += find_runs(path)
         else:
             raise CamstatError(f"{path} is neither a camstat store nor a train-reg run directory (no run.json)")
     return stores, runs
@@ -595,6 +655,14 @@ def split_arms(runs: list[Path]) -> tuple[list[Path], list[Path]] | None:
     a = [p for p, k in zip(runs, run_keys) if k == keys[0]]
     b = [p for p, k in zip(runs, run_keys) if k == keys[1]]
     return a, b
+
+
+def _several_arms_and_a_baseline(runs: list[Path]) -> bool:
+    """More than two configurations, one of them lambda 0: every other arm is compared with it."""
+    from camstat.runs import arm_key, read_info
+
+    keys = {arm_key(read_info(p)) for p in runs}
+    return len(keys) > 2 and any(k[0] == 0 for k in keys)
 
 
 # --------------------------------------------------------------------------
@@ -781,7 +849,8 @@ def report(
         raise CamstatError(f"--random-store {random_store} matches none of the stores (same --model, --data, --split "
                            "and images, no checkpoint); extract it like the analysed store, without --checkpoint")
 
-    results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [], "runs": [], "compare": None}
+    results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [], "runs": [], "compare": None,
+                               "sweep": None}
     analyses: list[_Analysis] = []
     for (s, methods), match in zip(plan, matches):
         for m in methods:
@@ -798,6 +867,9 @@ def report(
             analyses.append(_Analysis(len(analyses), s, res, d))
 
     run_infos = [_read_run(p) for p in [*runs, *vs_runs]]
+    if len({r["name"] for r in run_infos}) < len(run_infos):  # a sweep's OUT/<arm>/s<seed>: name them arm/seed
+        for r, p in zip(run_infos, [*runs, *vs_runs]):
+            r["name"] = f"{p.parent.name}/{p.name}"
     results["runs"] = run_infos
     arms = None
     if vs_runs:
@@ -809,6 +881,11 @@ def report(
 
         say("comparing arms")
         results["compare"] = compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
+    elif _several_arms_and_a_baseline(runs):
+        from camstat.compare import compare_with_baseline
+
+        say("comparing every arm with the lambda-0 arm")
+        results["sweep"] = compare_with_baseline(runs, means=means).to_dict()
 
     results["provenance"] = {
         "created": now(),
@@ -836,7 +913,7 @@ def report(
     for an in analyses:
         figs += figures.analysis_figures(an, out, primary=primary, gallery=gallery, seed=seed)
     if run_infos:
-        figs += figures.run_figures(run_infos, results["compare"], out)
+        figs += figures.run_figures(run_infos, results["compare"], out, sweep=results["sweep"])
 
     # text
     say("writing report.md, report.tex, results.json")
@@ -1035,6 +1112,12 @@ def _compose_runs(doc: _Doc, results: dict, figs: list[tuple[str, str]]) -> None
             doc.table(table_mcnemar(c, "compare.mcnemar.per_pair", "h2-mcnemar"))
         for note in c.get("notes", []):
             doc.para(f"*Note: {note}.*")
+    sweep = results.get("sweep")
+    if sweep:
+        doc.para(f"{len(sweep['comparisons'])} arms, each compared with **{list(sweep_arms(sweep))[0]}**, paired by "
+                 "seed (the seed is the unit of replication).")
+        doc.table(table_sweep_arms(sweep, "sweep.comparisons[*].arms", "h2-sweep-arms"))
+        doc.table(table_sweep_paired(sweep, "sweep.comparisons[*].paired", "h2-sweep-paired"))
     if figs:
         doc.heading(3, "Figures")
         for f, cap in figs:
