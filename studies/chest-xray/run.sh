@@ -1,12 +1,67 @@
 #!/usr/bin/env bash
-# Chest X-ray study (issue 12): camstat:resnet20 on a class-balanced PneumoniaMNIST (28 x 28 grayscale).
-# Run from the repository root. Step 1, the baseline: plain cross-entropy (lambda 0), seeded, trained as
-# MedMNIST's own benchmark does (no augmentation: a flip would mirror the anatomy, and constant composition
-# is what this study is about), normalised by the train split's own mean and sd (0.564, 0.174).
+# Chest X-ray study: camstat:resnet20 on a class-balanced PneumoniaMNIST (28 x 28 grayscale).
+# Run from the repository root: `bash studies/chest-xray/run.sh [STEP...]`, STEP in base means h2 report
+# (default: all, in that order). Every step is resumable: rerun it after an interruption.
+#
+# Step "base" (issue 12): plain cross-entropy (lambda 0), seeded, trained as MedMNIST's own benchmark does
+# (no augmentation: a flip would mirror the anatomy, and constant composition is what this study is about),
+# normalised by the train split's own mean and sd (0.564, 0.174).
+# Steps "means", "h2", "report" (issue 13): H2 with the seed as the unit; see README.md.
 set -euo pipefail
 DATA="npz:../shared/data/pneumoniamnist/pneumoniamnist.npz?classes=normal,pneumonia"
 RUNS=${RUNS:-runs}
+STORE=${STORE:-store}
+OUT=studies/chest-xray
+STEPS=("${@:-base means h2 report}")
+STEPS=(${STEPS[*]})
+want() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 
-camstat train-reg --model camstat:resnet20 --data "$DATA" --lambda 0 --epochs 30 --seed 0 \
-  --normalize 0.564,0.174 --no-augment --batch-size 128 --lr 0.1 --device cpu \
-  --out "$RUNS/chest-base" --json "$RUNS/chest-base/train.json"
+if want base; then
+  camstat train-reg --model camstat:resnet20 --data "$DATA" --lambda 0 --epochs 30 --seed 0 \
+    --normalize 0.564,0.174 --no-augment --batch-size 128 --lr 0.1 --device cpu \
+    --out "$RUNS/chest-base" --json "$RUNS/chest-base/train.json"
+fi
+
+# Class means of the mean loss: the baseline's correct train-split Grad-CAM maps (layer3, 7 x 7).
+if want means; then
+  camstat extract --model camstat:resnet20 --checkpoint "$RUNS/chest-base/model.pt" --data "$DATA" --split train \
+    --methods gradcam --store "$STORE/chest-base-train.zarr" --device cpu --resume
+fi
+
+# The H2 sweep: the baseline's recipe, 10 epochs (the CPU budget; cosine schedule over those 10), full training
+# split (2,428 images), per-epoch evaluation on val (270), final evaluation on test (468). Six arms x seeds 0-4:
+# mean loss at lambda 0 (plain training), 0.05, 0.2, 1; variance loss at 0.2; spread loss at 0.05 (their lambdas
+# put lambda * L_cam at the mean arm's 0.2 * L_cam on the baseline's maps: variance 0.053 ~ mean 0.056, spread
+# 0.23 ~ 4 x mean). The 30 runs go in LANES (default 4) processes side by side, seeds outermost, each run a
+# one-run `camstat sweep` (it skips a complete run and resumes an interrupted one from its last epoch), so an
+# interrupted sweep leaves every arm with about the same seeds and rerunning the step finishes only what is missing.
+SWEEP=(--model camstat:resnet20 --data "$DATA" --normalize 0.564,0.174 --no-augment --batch-size 128 --lr 0.1
+       --epochs 10 --device "${DEVICE:-cpu}" --out "$RUNS/chest-h2")
+MEANS=(--means "$STORE/chest-base-train.zarr")
+ARMS=("0 mean" "0.05 mean" "0.2 mean" "1 mean" "0.2 variance" "0.05 spread")
+one_run() {  # one_run LAMBDA LOSS SEED
+  local extra=()
+  [[ $2 == mean ]] && extra=("${MEANS[@]}")  # the variance and spread losses need no class means
+  camstat sweep "${SWEEP[@]}" --lambda "$1" --loss "$2" "${extra[@]}" --seeds "$3"
+}
+lane() {  # lane K of L: runs K, K+L, K+2L, ... of the (seed, arm) list
+  local i=0
+  for s in 0 1 2 3 4; do
+    for arm in "${ARMS[@]}"; do
+      (( i++ % $2 == $1 )) && one_run $arm $s
+    done
+  done
+  return 0
+}
+if want h2; then
+  LANES=${LANES:-4}
+  pids=()
+  for ((k = 0; k < LANES; k++)); do lane $k "$LANES" & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+fi
+
+# Every arm against the lambda-0 arm, paired by seed; then the report (tables, learning curves, arm figure).
+if want report; then
+  camstat compare "$RUNS/chest-h2" --json "$OUT/compare.json"
+  camstat report "$RUNS/chest-h2" --out "$OUT" --title "Chest X-ray (PneumoniaMNIST) ResNet-20 H2"
+fi
