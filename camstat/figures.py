@@ -487,8 +487,13 @@ def arm_figure(comparisons: list[dict], out: Path) -> tuple[str, str, str] | Non
     arms = [(base, comparisons[0]["arms"][base], None)]
     arms += [(list(c["arms"])[0], c["arms"][list(c["arms"])[0]], c) for c in comparisons]
     panels = [(m, label) for m, label in ARM_PANELS if m in arms[0][1]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels) + 0.3 * len(arms), 3.2), squeeze=False)
-    for ax, (m, label) in zip(axes[0], panels):
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    width = max(2.6, 0.62 * len(arms) + 0.6)  # room for each arm's p above it
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, 3.3 * nrow), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (m, label) in zip(axes.flat, panels):
         for x, (name, arm, c) in enumerate(arms):
             s = arm[m]
             vals = [v for v in s.get("values", []) if v is not None]
