@@ -32,7 +32,7 @@ fi
 # split (2,428 images), per-epoch evaluation on val (270), final evaluation on test (468). Six arms x seeds 0-4:
 # mean loss at lambda 0 (plain training), 0.05, 0.2, 1; variance loss at 0.2; spread loss at 0.05 (their lambdas
 # put lambda * L_cam at the mean arm's 0.2 * L_cam on the baseline's maps: variance 0.053 ~ mean 0.056, spread
-# 0.23 ~ 4 x mean). The 30 runs go in LANES (default 4) processes side by side, seeds outermost, each run a
+# 0.23 ~ 4 x mean). The 30 runs go in LANES processes side by side (default 6: one per arm), seeds outermost, each run a
 # one-run `camstat sweep` (it skips a complete run and resumes an interrupted one from its last epoch), so an
 # interrupted sweep leaves every arm with about the same seeds and rerunning the step finishes only what is missing.
 SWEEP=(--model camstat:resnet20 --data "$DATA" --normalize 0.564,0.174 --no-augment --batch-size 128 --lr 0.1
@@ -54,7 +54,7 @@ lane() {  # lane K of L: runs K, K+L, K+2L, ... of the (seed, arm) list
   return 0
 }
 if want h2; then
-  LANES=${LANES:-4}
+  LANES=${LANES:-6}
   pids=()
   for ((k = 0; k < LANES; k++)); do lane $k "$LANES" & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid"; done
