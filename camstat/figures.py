@@ -449,9 +449,10 @@ def learning_curves(runs: list[dict], comparisons: list[dict], out: Path) -> tup
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded\n(λ = 0 runs have no CAM loss)" if key == "loss_cam" else "not recorded",
                     ha="center", va="center", transform=ax.transAxes, fontsize=7)
-        elif key == "loss_cam" and any(not r.get("lambda") for r in runs):
-            ax.text(0.98, 0.95, "λ = 0 runs: no CAM loss", ha="right", va="top", transform=ax.transAxes,
-                    fontsize=6.5, color="grey")
+        elif key == "loss_cam":  # terms of different losses differ by orders of magnitude
+            ax.set_yscale("log")
+            if any(not r.get("lambda") for r in runs):
+                ax.set_title(f"{label} (none at λ = 0)")
     handles, labels = axes[0].get_legend_handles_labels()
     rows = -(-len(labels) // 4)
     fig.tight_layout(rect=(0, 0.06 + 0.05 * rows, 1, 1))
