@@ -11,7 +11,7 @@ set -euo pipefail
 DATA="npz:../shared/data/pneumoniamnist/pneumoniamnist.npz?classes=normal,pneumonia"
 RUNS=${RUNS:-runs}
 STORE=${STORE:-store}
-OUT=studies/chest-xray
+OUT=${OUT:-studies/chest-xray}
 STEPS=("${@:-base means h2 report}")
 STEPS=(${STEPS[*]})
 want() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }

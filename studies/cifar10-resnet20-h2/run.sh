@@ -10,7 +10,7 @@ set -euo pipefail
 DATA=imagefolder:../shared/data/cifar10-jpeg
 RUNS=${RUNS:-runs}
 STORE=${STORE:-store}
-OUT=studies/cifar10-resnet20-h2
+OUT=${OUT:-studies/cifar10-resnet20-h2}
 STEPS=("${@:-base0 means h2 report}")
 STEPS=(${STEPS[*]})
 want() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
