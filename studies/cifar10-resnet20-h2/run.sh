@@ -5,7 +5,7 @@
 # and the final evaluation are both on these). The pilot (README, "Pilot") had 5,000 images and 6 epochs.
 # Run from the repository root: `bash studies/cifar10-resnet20-h2/run.sh [STEP...]`, STEP in base0 means h2
 # report (default: all). Every step resumes: rerun the script after an interruption and only what is missing runs.
-# DEVICE=cuda for a GPU; JOBS=N trains N runs of a seed at a time (at most 2: the two arms).
+# DEVICE=cuda for a GPU; LANES=N runs N trainings side by side.
 set -euo pipefail
 DATA=imagefolder:../shared/data/cifar10-jpeg
 RUNS=${RUNS:-runs}
@@ -22,11 +22,24 @@ MEANS="$STORE/c10-h2-lambda0-s0-train.zarr"
 want base0 && camstat sweep "${SWEEP[@]}" --lambda 0 --seeds 0
 want means && camstat extract --model camstat:resnet20 --checkpoint "$RUNS/c10-h2/lambda0/s0/model.pt" \
   --data "$DATA" --split train --limit 8000 --methods gradcam --store "$MEANS" --device "${DEVICE:-cpu}" --resume
-# Seeds outermost, so an interrupted sweep leaves both arms with the same seeds.
-if want h2; then
-  for s in 0 1 2 3 4 5; do  # 6 seeds: with 5 the exact sign-flip p cannot go below 0.0625
-    camstat sweep "${SWEEP[@]}" --lambda 0,0.2 --loss mean --means "$MEANS" --seeds $s --jobs "${JOBS:-1}"
+# The 11 other runs in LANES processes (default 4), each run a one-run `camstat sweep` (it skips a complete run
+# and resumes an interrupted one), seeds outermost, so an interrupted sweep leaves both arms with about the same
+# seeds; rerunning the step finishes only what is missing.
+SEEDS=${SEEDS:-0 1 2 3 4 5}  # 6 seeds: with 5 the exact sign-flip p cannot go below 2/2^5 = 0.0625
+lane() {  # lane K of L: runs K, K+L, K+2L, ... of the (seed, lambda) list
+  local i=0
+  for s in $SEEDS; do
+    for lam in 0 0.2; do
+      (( i++ % $2 == $1 )) && camstat sweep "${SWEEP[@]}" --lambda $lam --loss mean --means "$MEANS" --seeds $s
+    done
   done
+  return 0
+}
+if want h2; then
+  LANES=${LANES:-4}
+  pids=()
+  for ((k = 0; k < LANES; k++)); do lane $k "$LANES" & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid"; done
 fi
 if want report; then
   camstat compare "$RUNS/c10-h2" --json "$OUT/compare.json"
