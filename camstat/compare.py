@@ -323,9 +323,15 @@ def compare_sweep(root: str | Path, *, means: str | Path | None = None) -> Sweep
     paths = find_runs(root)
     if not paths:
         raise CamstatError(f"{root} holds no runs (expected {root}/<arm>/s<seed>/run.json); run `camstat sweep` first")
+    return compare_with_baseline(paths, means=means, root=str(root))
+
+
+def compare_with_baseline(paths: Sequence[str | Path], *, means: str | Path | None = None,
+                          root: str = "the runs") -> SweepComparison:
+    """Every arm among the runs ``paths`` (grouped by configuration) against the lambda-0 arm of its cam."""
     arms: dict[tuple, list[Path]] = {}
     for path in paths:
-        arms.setdefault(arm_key(read_info(path)), []).append(path)
+        arms.setdefault(arm_key(read_info(path)), []).append(Path(path))
     bases = {k[3]: k for k in arms if k[0] == 0}  # a baseline per cam: the cam makes the maps measured
     others = sorted((k for k in arms if k[0] > 0), key=lambda k: (k[0], k[1:]))
     if not bases:

@@ -305,3 +305,15 @@ def test_reference_store_joins_its_class_clusters(store, tmp_path):
     # the reference's correct images enter the means of their class's clusters
     in_clustered = np.isin(r.samples["pred"], list(predicted)) & r.samples["correct"]
     assert sum(counts.values()) == int(in_clustered.sum())
+
+
+def test_each_clustering_keeps_its_own_derived_result(store, tmp_path):
+    saved = []
+    for features, k in (("mask", "auto"), ("hog", "3")):
+        out = tmp_path / f"{features}.json"
+        assert main(["consistency", str(store), "--by", "cluster", "--features", features, "--clusters", k,
+                     *FAST_CLI, "--json", str(out)]) == 0
+        saved.append(json.loads(out.read_text()))
+    assert saved[0]["derived"] != saved[1]["derived"]
+    for d in saved:  # the first is not replaced by the second
+        assert open_store(store).read_derived(d["derived"].removeprefix("derived/"), d["params"]) is not None

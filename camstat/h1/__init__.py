@@ -42,7 +42,8 @@ The modules, in the order an analysis runs them:
   among themselves?") runs beside the reference-based tests.
 * :mod:`~camstat.h1.analyze` -- :func:`analyze` ties them together and
   saves the per-image arrays and the result under ``derived/consistency/
-  <method>/<layer>/<target>/<by>`` of the store (primary arrays untouched).
+  <method>/<layer>/<target>/<by>`` of the store (primary arrays untouched;
+  ``<by>`` of a clustering also names its features, K and ``-within``).
 
 Results hold numbers and flags; every sentence about them is written by
 :mod:`camstat.present`.

@@ -255,7 +255,11 @@ def save_result(s: Store, result: dict, run: Streamed, clusters: np.ndarray | No
     """
     from camstat.provenance import now
 
-    name = f"consistency/{result['method']}/{result['layer']}/{result['target']}/{result['by']}"
+    p = result["params"]
+    # each clustering keeps its own result: features, K and within-class name it beside --by cluster
+    by = result["by"] if result["by"] != "cluster" else (
+        f"cluster-{p['features']}-k{p['clusters']}{'-within' if p['within_class'] else ''}")
+    name = f"consistency/{result['method']}/{result['layer']}/{result['target']}/{by}"
     arrays = {key: v.astype("float32") for key, v in run.values.items()}
     arrays["reference_undefined"] = run.undefined.astype(bool)
     if clusters is not None:

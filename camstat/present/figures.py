@@ -47,7 +47,7 @@ ALPHA = 0.45
 MAX_CLASSES = 10  # class panels per figure (the first ones; the caption says so)
 CORRECT_COLOUR = "#1f77b4"
 INCORRECT_COLOUR = "#d62728"
-ARM_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
+ARM_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
                      "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": DPI})
@@ -443,39 +443,54 @@ def analysis_figures(an, out: Path, *, primary: str | None = None, gallery: int 
 # --------------------------------------------------------------------------
 
 
-def _arm_of(runs: list[dict], compare: dict | None) -> tuple[list[str], list[str]]:
-    """Arm name per run, and the arm names in order."""
-    if compare:
-        arms = list(compare["arms"])
-        lookup = {str(Path(p)): a for a in arms for p in compare["arms"][a]["runs"]}
+def comparisons_of(compare: dict | None, sweep: dict | None) -> list[dict]:
+    """The arm comparisons of a report, each an arm against the same baseline (its second arm)."""
+    if sweep:
+        return list(sweep["comparisons"])
+    return [compare] if compare else []
+
+
+def _arm_of(runs: list[dict], comparisons: list[dict]) -> tuple[list[str], list[str]]:
+    """Arm name per run, and the arm names in order (the baseline, lambda 0, first)."""
+    if comparisons:
+        arms = list(dict.fromkeys([list(comparisons[0]["arms"])[1]] + [list(c["arms"])[0] for c in comparisons]))
+        lookup = {str(Path(p)): a for c in comparisons for a in c["arms"] for p in c["arms"][a]["runs"]}
         return [lookup.get(str(Path(r["path"])), "other") for r in runs], arms
     labels = [f"λ={r.get('lambda') or 0:g}" + (f" {r.get('loss')}" if r.get("lambda") else "") for r in runs]
     return labels, list(dict.fromkeys(labels))
 
 
-def learning_curves(runs: list[dict], compare: dict | None, out: Path) -> tuple[str, str, str] | None:
+def _arm_mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Per epoch, the mean of ``key`` over the runs that recorded it (the bold arm line)."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        for x in r["records"]:
+            if x.get(key) is not None:
+                by_epoch.setdefault(int(x["epoch"]), []).append(float(x[key]))
+    epochs = sorted(by_epoch)
+    return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
+
+
+def learning_curves(runs: list[dict], comparisons: list[dict], out: Path) -> tuple[str, str, str] | None:
     if not any(r["records"] for r in runs):
         return None
-    arm_of, arms = _arm_of(runs, compare)
+    arm_of, arms = _arm_of(runs, comparisons)
     colour = {a: ARM_COLOURS[i % len(ARM_COLOURS)] for i, a in enumerate(arms)}
     own = all(r.get("reference") in (None, "self") for r in runs)
     dist_key = "dist" if own else "dist_self"
     panels = [("accuracy", "held-out accuracy"), ("loss_cam", "L_cam (training)"),
               (dist_key, "held-out dist to own class means" if dist_key == "dist_self" else "held-out dist")]
-    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.6))
-    styles = ["-", "--", ":", "-."]
-    for r, arm in zip(runs, arm_of):
-        recs = r["records"]
-        ep = [x["epoch"] for x in recs]
-        same = [q for q, a in zip(runs, arm_of) if a == arm]
-        ls = styles[same.index(r) % len(styles)]
-        for ax, (key, _) in zip(axes, panels):
-            ys = [x.get(key) for x in recs]
-            ys = [np.nan if y is None else y for y in ys]
-            if np.all(np.isnan(ys)):
-                continue
-            ax.plot(ep, ys, ls=ls, marker="o", ms=2.5, lw=1.2, color=colour.get(arm, "grey"),
-                    label=f"{arm} (seed {r.get('seed')})")
+    fig, axes = plt.subplots(1, 3, figsize=(9.0, 2.8))
+    for ax, (key, _) in zip(axes, panels):
+        for arm in arms:
+            members = [r for r, a in zip(runs, arm_of) if a == arm]
+            for r in members:  # one thin line per seed
+                ep = [x["epoch"] for x in r["records"] if x.get(key) is not None]
+                ys = [x[key] for x in r["records"] if x.get(key) is not None]
+                ax.plot(ep, ys, lw=0.7, alpha=0.45, color=colour[arm])
+            ep, mean = _arm_mean_curve(members, key)
+            if ep:
+                ax.plot(ep, mean, lw=2.4, color=colour[arm], label=f"{arm} (mean of {len(members)})")
     for ax, (key, label) in zip(axes, panels):
         ax.set_xlabel("epoch")
         ax.set_title(label)
@@ -483,69 +498,88 @@ def learning_curves(runs: list[dict], compare: dict | None, out: Path) -> tuple[
         if not ax.lines:
             ax.text(0.5, 0.5, "not recorded\n(λ = 0 runs have no CAM loss)" if key == "loss_cam" else "not recorded",
                     ha="center", va="center", transform=ax.transAxes, fontsize=7)
-        elif key == "loss_cam" and any(not r.get("lambda") for r in runs):
-            ax.text(0.98, 0.95, "λ = 0 runs: no CAM loss", ha="right", va="top", transform=ax.transAxes,
-                    fontsize=6.5, color="grey")
+        elif key == "loss_cam":  # terms of different losses differ by orders of magnitude
+            ax.set_yscale("log")
+            if any(not r.get("lambda") for r in runs):
+                ax.set_title(f"{label} (none at λ = 0)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    rows = -(-len(labels) // 4)
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * rows, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     fname = "fig-h2-learning-curves.png"
     _save(fig, out / fname)
-    cap = ("Learning curves per run (colour = arm, line style = seed): held-out accuracy, the CAM loss term "
-           "(absent at λ = 0) and the held-out maps' mean distance to "
+    cap = ("Learning curves (colour = arm): a thin line per run (seed), the arm's mean over its seeds in bold; "
+           "held-out accuracy, the CAM loss term (absent at λ = 0) and the held-out maps' mean distance to "
            + ("the run's own class means (leave-one-out), the yardstick compare uses." if dist_key == "dist_self"
               else "the run's class means."))
     return "runs", fname, cap
 
 
-def arm_figure(compare: dict, out: Path) -> tuple[str, str, str] | None:
-    arms = list(compare["arms"])
-    fig, axes = plt.subplots(1, 3, figsize=(8.0, 2.6))
-    for ax, (m, label) in zip(axes, (("accuracy", "held-out accuracy"), ("dist", "dist (lower = more consistent)"),
-                                     ("ssim", "ssim (higher = more consistent)"))):
-        for x, arm in enumerate(arms):
-            s = compare["arms"][arm][m]
+ARM_PANELS = (("accuracy", "held-out accuracy"), ("dist", "dist (lower = more consistent)"),
+              ("ssim", "ssim (higher = more consistent)"), ("entropy", "entropy (lower = more concentrated)"),
+              ("spread", "spread (lower = more concentrated)"))
+
+
+def _arm_test_note(c: dict, m: str) -> str:
+    """What the panel says under a compared arm: the sign-flip p over seeds (McNemar for a lone seed pair)."""
+    p = c["paired"].get(m) or {}
+    if p.get("p_signflip") is not None and np.isfinite(p["p_signflip"]):
+        return f"p±={fmt_p(p['p_signflip'])}"
+    pairs = c["mcnemar"]["per_pair"]
+    if m == "accuracy" and len(pairs) == 1:
+        return f"McNemar {fmt_p(pairs[0]['p_value'])}"
+    return "no test"
+
+
+def arm_figure(comparisons: list[dict], out: Path) -> tuple[str, str, str] | None:
+    base = list(comparisons[0]["arms"])[1]
+    arms = [(base, comparisons[0]["arms"][base], None)]
+    arms += [(list(c["arms"])[0], c["arms"][list(c["arms"])[0]], c) for c in comparisons]
+    panels = [(m, label) for m, label in ARM_PANELS if m in arms[0][1]]
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    width = max(2.6, 0.62 * len(arms) + 0.6)  # room for each arm's p above it
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, 3.3 * nrow), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (m, label) in zip(axes.flat, panels):
+        for x, (name, arm, c) in enumerate(arms):
+            s = arm[m]
             vals = [v for v in s.get("values", []) if v is not None]
             colour = ARM_COLOURS[x % len(ARM_COLOURS)]
-            jitter = np.linspace(-0.08, 0.08, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
-            ax.scatter(x + jitter, vals, s=14, color=colour, alpha=0.7, zorder=3)
+            jitter = np.linspace(-0.1, 0.1, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
+            ax.scatter(x + jitter, vals, s=14, color=colour, alpha=0.75, zorder=3)
             mean, ci = s.get("mean"), s.get("ci95")
-            if mean is not None:
-                shown = fmt_fixed(mean, 3) if m == "accuracy" else fmt_sig(mean)
-                ax.annotate(shown, (x, mean), xytext=(8 if len(vals) < 2 else 22, 0), textcoords="offset points",
-                            va="center", fontsize=7)
-            if mean is not None and len(vals) > 1:
-                if ci and ci[0] is not None:
-                    ax.errorbar(x + 0.22, mean, yerr=[[mean - ci[0]], [ci[1] - mean]], fmt="D", ms=4,
-                                color="black", capsize=3, lw=1)
-                else:
-                    ax.plot(x + 0.22, mean, "D", ms=4, color="black")
-        p = compare["paired"].get(m) or {}
-        pairs = compare["mcnemar"]["per_pair"]
-        if p.get("p_ttest") is not None:
-            note = f"paired t-test p {fmt_p(p['p_ttest'])} ({p['n']} seeds)"
-        elif m == "accuracy" and len(pairs) == 1:
-            note = f"McNemar p {fmt_p(pairs[0]['p_value'])} (one seed pair)"
-        else:
-            note = f"{p.get('n', 0)} seed pair(s): no paired test"
-        ax.set_title(f"{label}\n{note}")
+            if mean is not None and len(vals) > 1 and ci and ci[0] is not None:
+                ax.errorbar(x + 0.25, mean, yerr=[[mean - ci[0]], [ci[1] - mean]], fmt="D", ms=4, color="black",
+                            capsize=3, lw=1)
+            elif mean is not None:
+                ax.plot(x + 0.25, mean, "D", ms=4, color="black")
+            if c is not None:
+                ax.text(x, 1.0, _arm_test_note(c, m), transform=blended_transform_factory(ax.transData, ax.transAxes),
+                        ha="center", va="bottom", fontsize=6.5)
+        ax.set_title(label, pad=12)
         ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels(arms)
+        ax.set_xticklabels([a[0] for a in arms], rotation=30 if len(arms) > 2 else 0, ha="right" if len(arms) > 2
+                           else "center")
         ax.set_xlim(-0.5, len(arms) - 0.5)
         ax.grid(axis="y", lw=0.3, alpha=0.5)
-        ax.margins(y=0.25)
+        ax.margins(y=0.2)
     fig.tight_layout()
     fname = "fig-h2-arms.png"
     _save(fig, out / fname)
-    cap = ("Arm comparison: dots are runs (seeds); with 2 or more runs per arm, black diamonds mark the arm mean "
-           "with its t-based 95% CI. Above each panel the paired test over seeds (with a single seed pair: the exact "
-           "McNemar test on per-image correctness), as in the H2 tables.")
+    cap = (f"Arm comparison: dots are runs (seeds); black diamonds the arm mean with its t-based 95% CI over seeds. "
+           f"Above each arm: the exact sign-flip p over seeds of its paired difference from {base} (the H2 test; "
+           "with a single seed pair, the exact McNemar test on per-image correctness instead). Consistency (dist, "
+           "ssim) and concentration (entropy, spread) on the images each run gets right.")
     return "runs", fname, cap
 
 
-def run_figures(runs: list[dict], compare: dict | None, out: Path) -> list[tuple[str, str, str]]:
-    figs = [learning_curves(runs, compare, out)]
-    if compare:
-        figs.append(arm_figure(compare, out))
+def run_figures(runs: list[dict], compare: dict | None, out: Path, sweep: dict | None = None
+                ) -> list[tuple[str, str, str]]:
+    comparisons = comparisons_of(compare, sweep)
+    figs = [learning_curves(runs, comparisons, out)]
+    if comparisons:
+        figs.append(arm_figure(comparisons, out))
     return [f for f in figs if f is not None]
