@@ -369,6 +369,26 @@ def test_cli(stores, tmp_path, capsys):
     assert main(["consistency", path, "--class-of", "true"]) == 2
 
 
+def test_pooled_fit_given_confidence_uses_the_stored_logits(stores):
+    """The pooled "given confidence" numbers are :func:`camstat.stats.confidence_adjusted_test` (checked against
+    statsmodels in tests/test_stats_confidence.py) on the analysed values and the store's logits."""
+    from camstat import stats
+
+    # the unplanted store (the model's own maps and logits): no separation, every fit converges
+    res = analyze(stores["random"], by="correct", metrics="dist", save=False, seed=1, permutations=99, n_boot=0)
+    pooled = res.to_dict()["metrics"]["dist"]["pooled"]
+    samples = open_store(stores["random"]).samples
+    ok = ~np.isnan(res.values["dist"])
+    want = stats.confidence_adjusted_test(res.values["dist"][ok], samples["correct"][ok].astype(bool),
+                                          res.groups[ok], samples["logits"][ok].astype(np.float64),
+                                          higher_is_more_consistent=False)
+    assert np.isfinite(want.p_lrt_given_confidence)
+    assert pooled["p_lrt_given_confidence"] == pytest.approx(want.p_lrt_given_confidence, rel=1e-9)
+    assert pooled["odds_ratio_per_sd_given_confidence"] == pytest.approx(want.odds_ratio_per_sd_given_confidence,
+                                                                         rel=1e-9)
+    assert pooled["p_lrt_given_confidence"] != pytest.approx(pooled["p_lrt"], rel=1e-3)  # confidence did enter
+
+
 def _plant_null(path: Path, seed: int) -> None:
     """Maps independent of correctness: each image's map is its class prototype at a random strength plus noise."""
     rng = np.random.default_rng(seed)

@@ -66,6 +66,7 @@ def test_16bit_png_is_scaled_by_its_full_range(tmp_path):
     path = _png16(_place(tmp_path, "a.png"), pixels)
     seen = _model_input(path)
     assert np.abs(seen - _gray3(pixels / 65535)).max() <= 1e-4
+    assert seen.min() == 0 and seen.max() == 1  # both ends of the type's range reached exactly
     # what the issue saw: convert("RGB") clipped 99 % of it to white
     assert (seen == 1).mean() < 0.01 and len(np.unique(seen)) > 200
 

@@ -140,6 +140,40 @@ def test_a_second_writer_of_one_result_waits_or_is_refused(fresh):
     assert s.read_derived("r", {"q": 2}) is not None
 
 
+def test_a_result_a_kill_left_between_the_two_renames_is_restored_by_the_next_writer(fresh):
+    from camstat import derived
+
+    s = camstat.open_store(fresh)
+    s.write_derived("r", {"v": 1}, {"x": np.arange(24.0)})
+    result = fresh / "derived" / "r"
+    result.rename(result.with_name(".r.old"))  # what the fallback swap leaves when killed between its renames
+    assert s.read_derived("r", {"v": 1}) is not None  # readers find it under that name
+    with pytest.raises(ValueError, match="scalar"):  # the next writer fails, after its recovery step
+        derived.write_derived(fresh, "r", {"v": 2}, {"x": np.float64(1.0)})
+    assert result.is_dir() and not result.with_name(".r.old").exists()  # restored, not dropped
+    np.testing.assert_array_equal(s.read_derived("r", {"v": 1}).arrays["x"], np.arange(24.0))
+
+
+def test_overwrite_is_refused_while_a_derived_result_is_read(fresh, capsys):
+    s = camstat.open_store(fresh)
+    args = ["extract", "--model", "camstat:smallcnn", "--num-classes", "10", "--data", "builtin:digits",
+            "--limit", "24", "--chunk", "8", "--device", "cpu", "--store", str(fresh), "--overwrite"]
+    with LockFile(fresh) as reader:  # a reader of derived/r (shared lock on its reader byte)
+        assert reader.lock(derived_bytes("r")[1], shared=True)
+        before = {f: f.read_bytes() for f in fresh.rglob("*") if f.is_file()}
+        assert main(args) == 2
+        assert "being written or read by another process" in capsys.readouterr().err
+        assert {f: f.read_bytes() for f in fresh.rglob("*") if f.is_file()} == before
+    assert s.verify().ok
+
+
+def test_chunks_of_fill_values_are_written_so_that_a_missing_one_is_damage(fresh):
+    s = camstat.open_store(fresh)
+    s.write_derived("zeros", {}, {"x": np.zeros(24, np.float32)})  # every chunk holds only the fill value
+    assert sorted(p.name for p in (fresh / "derived" / "zeros" / "x" / "c").iterdir()) == ["0", "1", "2"]
+    assert s.verify().ok
+
+
 def test_a_flipped_byte_is_named_by_verify_reads_and_consistency(fresh, capsys):
     chunk = fresh / "maps" / "gradcam" / LAYER / "pred" / "c" / "1" / "0" / "0"
     assert main(["verify", str(fresh)]) == 0
