@@ -138,4 +138,11 @@ def test_jobs_train_in_separate_processes(tmp_path):
 
     here = train(TrainConfig(**{**base.__dict__, "out": str(tmp_path / "here"), "seed": 1}))
     drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
-    assert drop(read_records(tmp_path / "sw" / "lambda0" / "s1")) == drop(here.records)
+    theirs, ours = drop(read_records(tmp_path / "sw" / "lambda0" / "s1")), drop(here.records)
+    # Training is the same to the bit; held-out maps may differ in the last float digits when the child process
+    # runs with another intra-op thread count (summation order), hence approx for the evaluation metrics.
+    assert [{k: r[k] for k in ("epoch", "loss", "loss_cls", "train_accuracy", "accuracy")} for r in theirs] == \
+        [{k: r[k] for k in ("epoch", "loss", "loss_cls", "train_accuracy", "accuracy")} for r in ours]
+    for a, b in zip(theirs, ours, strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k] == b[k] if not isinstance(b[k], float) else a[k] == pytest.approx(b[k], rel=1e-6) for k in b)
