@@ -484,7 +484,7 @@ def consistency(
 
 @app.command(context_settings={"ignore_unknown_options": True})
 def report(
-    inputs: list[str] = typer.Argument(..., help="Stores (H1) and/or train-reg run directories (H2); arm B's runs after --vs."),
+    inputs: list[str] = typer.Argument(..., help="Stores (H1) and/or train-reg run directories or a sweep folder runs/NAME (H2: every arm vs lambda 0); arm B's runs after --vs."),
     out_dir: Path = typer.Option(..., "--out", help="Report folder, e.g. studies/NAME (report.md, report.tex, results.json, fig-*.png)."),
     method: Optional[str] = typer.Option(None, "--method", help="Comma list of CAM methods to analyse (default: every method in the store)."),
     layer: LayerOpt = None,

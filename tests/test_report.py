@@ -265,15 +265,23 @@ def check_table(t: dict, results: dict) -> int:
                       "dist": [f["dist_self"]], "ssim": [f["ssim_self"]], "L_cam": [f["loss_cam"]]}
             assert c["loss"] == (r["loss"] if r["lambda"] else "-")
             checked += 1
-        elif src == "compare.arms":
-            a = records[first]
+        elif src in ("compare.arms", "sweep.comparisons[*].arms"):
+            if src == "compare.arms":
+                a = records[first]
+            else:  # an arm's own comparison (for the baseline, every comparison) holds it
+                a = next(x["arms"][first] for x in records if first in x["arms"])
             expect = {"runs": [len(a["runs"])]}
-            for m in ("accuracy", "dist", "ssim"):
+            for m in ("accuracy", "dist", "ssim", "entropy", "spread"):
                 expect[m] = [a[m]["mean"], a[m]["sd"], *a[m]["ci95"]]
-        elif src == "compare.paired":
-            p = records[first]
-            expect = {"pairs": [p["n"]], "mean diff [95% CI]": [p["mean_diff"], *p["ci95"]], "p (t)": [p["p_ttest"]],
-                      "p (Wilcoxon)": [p["p_wilcoxon"]]}
+        elif src in ("compare.paired", "sweep.comparisons[*].paired"):
+            if src == "compare.paired":
+                p = records[first]
+            else:
+                assert c["metric"] in ("accuracy", "dist", "ssim", "entropy", "spread")
+                p = next(x for x in records if list(x["arms"])[0] == first)["paired"][c["metric"]]
+                checked += 1
+            expect = {"pairs": [p["n"]], "mean diff [95% CI]": [p["mean_diff"], *p["ci95"]],
+                      "p (sign-flip)": [p["p_signflip"]], "p (t)": [p["p_ttest"]], "p (Wilcoxon)": [p["p_wilcoxon"]]}
         elif src == "compare.mcnemar.per_pair":
             if first.startswith("pooled"):
                 r = results["compare"]["mcnemar"]["pooled"]
@@ -306,7 +314,7 @@ def check_table(t: dict, results: dict) -> int:
         else:
             raise AssertionError(f"no check for table source {src}")
         unchecked = {h for h in head[1:] if not h.startswith("sig. ")} - set(expect) - {
-            "role", "better", "loss", "subset", "classes", "images"}
+            "role", "better", "loss", "subset", "classes", "images", "metric"}
         assert not unchecked, (src, unchecked)
         for col, values in expect.items():
             agrees(c[col], values)
@@ -567,3 +575,44 @@ def test_consistency_of_several_methods_is_one_verdict_family(made, tmp_path, ca
     assert [a["verdict"]["p_adjusted"] for a in d["analyses"]] == pytest.approx(multipletests(p, method="holm")[1])
     assert all(a["verdict"]["family_size"] == 2 for a in d["analyses"])
     assert capsys.readouterr().out.count("verdict: H1 supported") == 2
+
+
+def test_report_of_a_sweep_folder(made, tmp_path):
+    """A sweep folder of three arms: every arm against lambda 0, tables equal to the records, seed lines and means."""
+    from camstat.compare import compare_sweep
+    from camstat.present.figures import arm_mean_curve
+
+    runs, sweep = made["runs"], tmp_path / "sweep"
+    for seed in (0, 1):
+        shutil.copytree(runs[f"base-s{seed}"], sweep / "lambda0" / f"s{seed}")
+        shutil.copytree(runs[f"reg-s{seed}"], sweep / "lambda0.5-variance" / f"s{seed}")
+        train(TrainConfig(out=str(sweep / "lambda0.5-spread" / f"s{seed}"), lam=0.5, loss="spread", seed=seed,
+                          **TINY))
+    out = tmp_path / "out"
+    assert main(["report", str(sweep), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["compare"] is None and len(results["runs"]) == 6
+    assert sorted(r["name"] for r in results["runs"])[:2] == ["lambda0.5-spread/s0", "lambda0.5-spread/s1"]
+    direct = json.loads(json.dumps(compare_sweep(sweep).to_dict()))
+    assert results["sweep"]["comparisons"] == direct["comparisons"]
+    assert [list(c["arms"]) for c in direct["comparisons"]] == [["lambda=0.5 spread", "lambda=0"],
+                                                                ["lambda=0.5 variance", "lambda=0"]]
+    md = md_tables((out / "report.md").read_text())
+    tex = tex_tables((out / "report.tex").read_text())
+    sweep_tables = [t for t in md if t["source"].startswith("sweep.")]
+    assert [t["source"] for t in sweep_tables] == ["sweep.comparisons[*].arms", "sweep.comparisons[*].paired"]
+    assert [r[0] for r in sweep_tables[0]["rows"]] == ["lambda=0", "lambda=0.5 spread", "lambda=0.5 variance"]
+    assert len(sweep_tables[1]["rows"]) == 2 * 5
+    assert sum(check_table(t, results) for t in sweep_tables) == 3 * 6 + 10 * 6  # every cell
+    for t_md, t_tex in zip(md, tex):
+        assert t_md["rows"] == t_tex["rows"]
+        check_table(t_md, results)
+    summary = (out / "report.md").read_text().split("## Summary")[1].split("\n## ")[0]
+    spread = direct["comparisons"][0]["paired"]["accuracy"]
+    assert f"lambda=0.5 spread: accuracy {spread['mean_diff']:+.3f}" in summary
+    assert {"fig-h2-learning-curves.png", "fig-h2-arms.png"} <= {f.name for f in out.glob("fig-*.png")}
+    # the bold line of an arm is its per-epoch mean over seeds
+    base = [r for r in results["runs"] if not r["lambda"]]
+    epochs, mean = arm_mean_curve(base, "accuracy")
+    assert epochs == [1, 2]
+    assert mean == pytest.approx([np.mean([r["records"][e - 1]["accuracy"] for r in base]) for e in epochs])

@@ -9,7 +9,7 @@ from camstat.present import detection, faithfulness
 from camstat.present.tables import (Table, analysis_label, compare_sentence, table_arms, table_class_medians,
                                     table_clusters, table_dispersion, table_groups, table_h1_per_class,
                                     table_h1_pooled, table_mcnemar, table_null_pipeline, table_paired, table_random,
-                                    table_runs,
+                                    table_runs, table_sweep_arms, table_sweep_paired, sweep_baseline, sweep_sentence,
                                     verdict_sentence)
 from camstat.present.text import (ALPHA, DISPERSION_NOTE, MAPS_TEXT, fmt_ci, fmt_fixed, group_word, method_name,
                                   null_pipeline_note, p_phrase, reference_kind, summary_roles, verdict_headline)
@@ -146,6 +146,8 @@ def compose(results: dict, analyses: list, figs: list[tuple[str, str, str]],
                 for d in results.get("faithfulness", [])]
     if results.get("compare"):
         summary.append("H2: " + compare_sentence(results["compare"]))
+    if results.get("sweep"):
+        summary.append("H2: " + sweep_sentence(results["sweep"]))
     doc.heading(2, "Summary")
     for line in summary:
         doc.para(f"- {line}")
@@ -291,6 +293,12 @@ def _compose_runs(doc: Document, results: dict, figs: list[tuple[str, str]]) -> 
             doc.table(table_mcnemar(c, "compare.mcnemar.per_pair", "h2-mcnemar"))
         for note in c.get("notes", []):
             doc.para(f"*Note: {note}.*")
+    sweep = results.get("sweep")
+    if sweep:
+        doc.para(f"{len(sweep['comparisons'])} arms, each compared with **{sweep_baseline(sweep)}**, paired by seed "
+                 "(the seed is the unit of replication).")
+        doc.table(table_sweep_arms(sweep, "sweep.comparisons[*].arms", "h2-sweep-arms"))
+        doc.table(table_sweep_paired(sweep, "sweep.comparisons[*].paired", "h2-sweep-paired"))
     if figs:
         doc.heading(3, "Figures")
         for f, cap in figs:

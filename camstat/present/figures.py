@@ -460,7 +460,7 @@ def _arm_of(runs: list[dict], comparisons: list[dict]) -> tuple[list[str], list[
     return labels, list(dict.fromkeys(labels))
 
 
-def _arm_mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
+def arm_mean_curve(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
     """Per epoch, the mean of ``key`` over the runs that recorded it (the bold arm line)."""
     by_epoch: dict[int, list[float]] = {}
     for r in runs:
@@ -488,7 +488,7 @@ def learning_curves(runs: list[dict], comparisons: list[dict], out: Path) -> tup
                 ep = [x["epoch"] for x in r["records"] if x.get(key) is not None]
                 ys = [x[key] for x in r["records"] if x.get(key) is not None]
                 ax.plot(ep, ys, lw=0.7, alpha=0.45, color=colour[arm])
-            ep, mean = _arm_mean_curve(members, key)
+            ep, mean = arm_mean_curve(members, key)
             if ep:
                 ax.plot(ep, mean, lw=2.4, color=colour[arm], label=f"{arm} (mean of {len(members)})")
     for ax, (key, label) in zip(axes, panels):

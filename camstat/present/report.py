@@ -6,7 +6,10 @@
   very dict ``camstat consistency --json`` gives (:func:`camstat.h1.analyze`);
   ``runs``: each training run's options and per-epoch records (``metrics.jsonl``);
   ``compare``: the dict ``camstat compare --json`` gives
-  (:func:`camstat.compare.compare_runs`); ``detection``: with ``reference``,
+  (:func:`camstat.compare.compare_runs`) of two arms; ``sweep``: the dict
+  ``camstat compare runs/NAME --json`` gives, every arm against the lambda-0
+  arm, for runs of more than two configurations (a ``camstat sweep``
+  folder); ``detection``: with ``reference``,
   for each (store, method) the dict ``camstat detect-errors --json`` gives
   (:func:`camstat.detection.detect_errors`, the reference as class means);
   ``faithfulness``: for each store scored by ``camstat faithfulness``, its
@@ -59,7 +62,8 @@ def _is_run(path: Path) -> bool:
 
 
 def classify_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(stores, runs) among the inputs; anything else is an error naming it."""
+    """(stores, runs) among the inputs (a ``camstat sweep`` folder gives its runs); anything else is an error."""
+    from camstat.runs import find_runs
     from camstat.store import is_store
 
     stores, runs = [], []
@@ -71,6 +75,8 @@ def classify_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Path
             stores.append(path)
         elif _is_run(path):
             runs.append(path)
+        elif find_runs(path):
+            runs += find_runs(path)
         else:
             raise CamstatError(f"{path} is neither a camstat store nor a train-reg run directory (no run.json)")
     return stores, runs
@@ -101,6 +107,15 @@ def _read_run(path: Path) -> dict:
         "records": records,
         "final": records[-1] if records else None,
     }
+
+
+def _read_runs(paths: list[Path]) -> list[dict]:
+    """Every run's record; runs of a sweep (``OUT/<arm>/s<seed>``, names alike) are named ``arm/seed``."""
+    infos = [_read_run(p) for p in paths]
+    if len({r["name"] for r in infos}) < len(infos):
+        for r, p in zip(infos, paths):
+            r["name"] = f"{p.parent.name}/{p.name}"
+    return infos
 
 
 def split_arms(runs: list[Path]) -> tuple[list[Path], list[Path]] | None:
@@ -226,10 +241,11 @@ def report(
 
     ``inputs``: stores (each analysed with :func:`camstat.h1.analyze`
     for every method in ``method``, default all the store's methods, at
-    ``layer``, default its first) and train-reg run directories (learning
-    curves; with ``vs`` -- arm B's runs -- or runs of exactly two
+    ``layer``, default its first) and train-reg run directories or a ``camstat sweep`` folder (its
+    runs) (learning curves; with ``vs`` -- arm B's runs -- or runs of exactly two
     configurations, :func:`camstat.compare.compare_runs` of the two arms,
-    arm A minus arm B). ``reference``: the class means of the H1 analyses
+    arm A minus arm B; runs of more than two configurations with a lambda-0 arm:
+    :func:`camstat.compare.compare_with_baseline`, every arm minus lambda 0). ``reference``: the class means of the H1 analyses
     and, as for ``detect-errors`` (the same model's train-split store), of
     the error-detection section. A store scored by ``camstat faithfulness``
     gets a faithfulness section. ``random_store`` is the randomised-weights control,
@@ -252,8 +268,8 @@ def report(
     detections = _detections(opened, method, layer, reference, seed, n_boot, say) if reference is not None else []
     results: dict[str, Any] = {"camstat_report": REPORT_SCHEMA, "consistency": [an.d for an in analyses],
                                "detection": [r.to_dict() for r in detections], "faithfulness": _scored(opened, layer),
-                               "runs": [_read_run(p) for p in [*runs, *vs_runs]],
-                               "compare": _compare(runs, vs_runs, names, means, say)}
+                               "runs": _read_runs([*runs, *vs_runs]), "compare": None, "sweep": None}
+    results.update(_compare(runs, vs_runs, names, means, say))
     options = _options(method, h1_options, random_store, vs_runs, means)
     results["provenance"] = _provenance(options, command, opened, rnd, [*runs, *vs_runs])
     results = _jsonable(results)
@@ -309,15 +325,27 @@ def _analyses(stores: list[Path], method, random_store, h1_options: dict,
     return analyses, opened, rnd
 
 
-def _compare(runs: list[Path], vs_runs: list[Path], names, means, say: Callable[[str], None]) -> dict | None:
-    """``camstat compare`` of the runs' two arms (``--vs``, or runs of exactly two configurations), if any."""
-    arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
-    if arms is None:
-        return None
-    from camstat.compare import compare_runs
+def _compare(runs: list[Path], vs_runs: list[Path], names, means, say: Callable[[str], None]) -> dict:
+    """``compare``: the runs' two arms (``--vs``, or runs of exactly two configurations) compared; or ``sweep``:
+    runs of more than two configurations, one of them lambda 0, every other arm compared with it."""
+    from camstat.compare import compare_runs, compare_with_baseline
 
-    say("comparing arms")
-    return compare_runs(arms[0], arms[1], names=names, means=means).to_dict()
+    arms = (runs, vs_runs) if vs_runs else split_arms(runs) if len(runs) >= 2 else None
+    if arms is not None:
+        say("comparing arms")
+        return {"compare": compare_runs(arms[0], arms[1], names=names, means=means).to_dict()}
+    if _several_arms_and_a_baseline(runs):
+        say("comparing every arm with the lambda-0 arm")
+        return {"sweep": compare_with_baseline(runs, means=means).to_dict()}
+    return {}
+
+
+def _several_arms_and_a_baseline(runs: list[Path]) -> bool:
+    """More than two configurations, one of them lambda 0."""
+    from camstat.runs import arm_key, read_info
+
+    keys = {arm_key(read_info(p)) for p in runs}
+    return len(keys) > 2 and any(k[0] == 0 for k in keys)
 
 
 def _options(method, h1_options: dict, random_store, vs_runs: list[Path], means) -> dict:
@@ -384,7 +412,7 @@ def _figures(out: Path, analyses: list[_Analysis], detections: list, results: di
     for an in analyses:
         figs += figures.analysis_figures(an, out, primary=primary, gallery=gallery, seed=seed)
     if results["runs"]:
-        figs += figures.run_figures(results["runs"], results["compare"], out)
+        figs += figures.run_figures(results["runs"], results["compare"], out, sweep=results["sweep"])
     return figs + _section_figures(out, detections, results["faithfulness"])
 
 

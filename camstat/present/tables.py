@@ -307,52 +307,112 @@ FAITHFULNESS_COLUMNS = {"road_combined": "ROAD combined", "road_vs_random": "ROA
                         "road_vs_class_mean": "ROAD vs class mean"}
 
 
+# (metric, decimals or None for significant digits) of the H2 tables: accuracy, consistency, concentration
+H2_METRICS = (("accuracy", 3), ("dist", None), ("ssim", None), ("entropy", None), ("spread", None))
+
+
 def _h2_metrics(c: dict) -> list[tuple[str, int | None]]:
-    """(metric, decimals or None for significant digits) of the H2 tables: faithfulness too when scored."""
-    return [("accuracy", 3), ("dist", None), ("ssim", None)] + [
-        (m, None) for m in c.get("families", {}).get("faithfulness", [])]
+    """The H2 tables' metrics of a comparison: faithfulness too when its runs were scored."""
+    return list(H2_METRICS) + [(m, None) for m in c.get("families", {}).get("faithfulness", [])]
+
+
+def _arm_cells(arm: dict, metrics: list[tuple[str, int | None]]) -> list[str]:
+    """Per metric of an arm: ``mean ± sd [95% CI]`` over its runs (seeds)."""
+    cells = []
+    for m, dec in metrics:
+        s = arm[m]
+        mean = fmt_fixed(s.get("mean"), dec) if dec else fmt_sig(s.get("mean"))
+        sd = (fmt_fixed(s.get("sd"), dec) if dec else fmt_sig(s.get("sd"), 2)) if finite(s.get("sd")) else ""
+        ci = (fmt_ci(s.get("ci95"), dec) if dec else fmt_ci_sig(s.get("ci95")))
+        cells.append(with_ci(f"{mean} ± {sd}" if sd else mean, ci))
+    return cells
+
+
+def _arms_caption(c: dict, metrics: list[tuple[str, int | None]]) -> str:
+    ref = ("each run's own class means (leave-one-out)" if c["reference"] == "self"
+           else f"class means of {c['reference']}")
+    faith = any(m in FAITHFULNESS_COLUMNS for m, _ in metrics)
+    return (f"mean ± SD over runs (seeds) with t-based 95% CI where there are 2 or more runs; accuracy on the "
+            f"held-out images, consistency (dist: mean squared distance, ssim: SSIM of each map to {ref}) and "
+            f"concentration (entropy, spread of the map) on the images each run gets right."
+            + (" ROAD faithfulness of each run's maps on its scored test store RUN/test.zarr: combined score "
+               "(higher = more faithful) and its mean paired difference against random and class-mean maps; "
+               "runs without a scored store are left out." if faith else ""))
+
+
+def _arm_columns(metrics: list[tuple[str, int | None]]) -> list[str]:
+    return ["arm", "runs", *(FAITHFULNESS_COLUMNS.get(m, m) for m, _ in metrics)]
 
 
 def table_arms(c: dict, src: str, key: str) -> Table:
-    rows = []
-    for name, arm in c["arms"].items():
-        cells = [name, fmt_int(len(arm["runs"]))]
-        for m, dec in _h2_metrics(c):
-            s = arm[m]
-            mean = fmt_fixed(s.get("mean"), dec) if dec else fmt_sig(s.get("mean"))
-            sd = (fmt_fixed(s.get("sd"), dec) if dec else fmt_sig(s.get("sd"), 2)) if finite(s.get("sd")) else ""
-            ci = (fmt_ci(s.get("ci95"), dec) if dec else fmt_ci_sig(s.get("ci95")))
-            cells.append(with_ci(f"{mean} ± {sd}" if sd else mean, ci))
-        rows.append(cells)
-    ref = ("each run's own class means (leave-one-out)" if c["reference"] == "self"
-           else f"class means of {c['reference']}")
-    faith = [FAITHFULNESS_COLUMNS[m] for m, _ in _h2_metrics(c)[3:]]
-    return Table(
-        key=key, source=src,
-        caption=(f"H2, per arm: held-out accuracy and consistency (dist: mean squared distance, ssim: SSIM of each "
-                 f"held-out map to {ref}); mean ± SD over runs (seeds) with t-based 95% CI where there are 2 or "
-                 f"more runs."
-                 + (" ROAD faithfulness of each run's maps on its scored test store RUN/test.zarr: combined score "
-                    "(higher = more faithful) and its mean paired difference against random and class-mean maps; "
-                    "runs without a scored store are left out." if faith else "")),
-        columns=["arm", "runs", "accuracy", "dist", "ssim", *faith], rows=rows,
-    )
+    metrics = _h2_metrics(c)
+    rows = [[name, fmt_int(len(arm["runs"])), *_arm_cells(arm, metrics)] for name, arm in c["arms"].items()]
+    return Table(key=key, source=src, caption="H2, per arm: " + _arms_caption(c, metrics),
+                 columns=_arm_columns(metrics), rows=rows)
+
+
+def _paired_cells(p: dict, dec: int | None) -> list[str]:
+    """A paired difference over seeds: pairs, mean diff [95% t CI], sign-flip p, t-test p, Wilcoxon p."""
+    diff = fmt_fixed(p.get("mean_diff"), dec, sign=True) if dec else fmt_sig(p.get("mean_diff"))
+    ci = fmt_ci(p.get("ci95"), dec) if dec else fmt_ci_sig(p.get("ci95"))
+    return [fmt_int(p.get("n")), with_ci(diff, ci), fmt_p(p.get("p_signflip")), fmt_p(p.get("p_ttest")),
+            fmt_p(p.get("p_wilcoxon"))]
+
+
+PAIRED_COLUMNS = ["pairs", "mean diff [95% CI]", "p (sign-flip)", "p (t)", "p (Wilcoxon)"]
+PAIRED_CAPTION = ("t-based 95% CI; p: the exact sign-flip permutation test over seeds (the H2 test; with n pairs "
+                  "it cannot go below 2/2^n), the paired t-test and, from 6 pairs, the Wilcoxon signed-rank test.")
 
 
 def table_paired(c: dict, src: str, key: str) -> Table:
-    rows = []
-    for m, dec in _h2_metrics(c):
-        p = c["paired"].get(m) or {}
-        diff = fmt_fixed(p.get("mean_diff"), dec, sign=True) if dec else fmt_sig(p.get("mean_diff"))
-        ci = fmt_ci(p.get("ci95"), dec) if dec else fmt_ci_sig(p.get("ci95"))
-        rows.append([m, fmt_int(p.get("n")), with_ci(diff, ci), fmt_p(p.get("p_ttest")), fmt_p(p.get("p_wilcoxon"))])
-    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m, _ in _h2_metrics(c)
+    metrics = _h2_metrics(c)
+    rows = [[m, *_paired_cells(c["paired"].get(m) or {}, dec)] for m, dec in metrics]
+    notes = list(dict.fromkeys(f"{c['paired'][m]['note']}." for m, _ in metrics
                                if (c["paired"].get(m) or {}).get("note")))
     return Table(
         key=key, source=src,
         caption=(f"H2, paired by seed: difference {c['paired']['difference']} over {len(c['paired']['pairs'])} "
-                 f"seed pair(s), t-based 95% CI, paired t-test p and Wilcoxon signed-rank p."),
-        columns=["metric", "pairs", "mean diff [95% CI]", "p (t)", "p (Wilcoxon)"], rows=rows, notes=notes,
+                 f"seed pair(s); " + PAIRED_CAPTION),
+        columns=["metric", *PAIRED_COLUMNS], rows=rows, notes=notes,
+    )
+
+
+def sweep_baseline(sweep: dict) -> str:
+    """The arm every comparison of a sweep is made against (each comparison's second arm)."""
+    return list(sweep["comparisons"][0]["arms"])[1]
+
+
+def sweep_arms(sweep: dict) -> dict[str, dict]:
+    """Every arm of a sweep comparison by name, the baseline first."""
+    base = sweep_baseline(sweep)
+    arms = {base: sweep["comparisons"][0]["arms"][base]}
+    for c in sweep["comparisons"]:
+        name = list(c["arms"])[0]
+        arms[name] = c["arms"][name]
+    return arms
+
+
+def table_sweep_arms(sweep: dict, src: str, key: str) -> Table:
+    first = sweep["comparisons"][0]
+    metrics = _h2_metrics(first)
+    rows = [[name, fmt_int(len(arm["runs"])), *_arm_cells(arm, metrics)] for name, arm in sweep_arms(sweep).items()]
+    return Table(key=key, source=src, caption="H2, every arm of the sweep: " + _arms_caption(first, metrics),
+                 columns=_arm_columns(metrics), rows=rows)
+
+
+def table_sweep_paired(sweep: dict, src: str, key: str) -> Table:
+    rows, notes = [], []
+    for c in sweep["comparisons"]:
+        arm = list(c["arms"])[0]
+        for m, dec in _h2_metrics(c):
+            p = c["paired"].get(m) or {}
+            rows.append([arm, m, *_paired_cells(p, dec)])
+            if p.get("note"):
+                notes.append(f"{arm}: {p['note']}.")
+    return Table(
+        key=key, source=src,
+        caption=f"H2, each arm minus {sweep_baseline(sweep)}, paired by seed; " + PAIRED_CAPTION,
+        columns=["arm", "metric", *PAIRED_COLUMNS], rows=rows, notes=list(dict.fromkeys(notes)),
     )
 
 
@@ -379,14 +439,27 @@ def compare_sentence(c: dict) -> str:
     parts = [f"held-out accuracy {a} {fmt_fixed(acc[a], 3)} vs {b} {fmt_fixed(acc[b], 3)}",
              f"dist {fmt_sig(dist[a])} vs {fmt_sig(dist[b])} (lower = more consistent)"]
     pa = c["paired"].get("accuracy") or {}
-    if finite(pa.get("p_ttest")):
-        parts.append(f"paired t-test on accuracy {p_phrase(pa['p_ttest'])} over {pa['n']} seeds")
+    if finite(pa.get("p_signflip")):
+        parts.append(f"paired by seed, accuracy differs by {fmt_fixed(pa['mean_diff'], 3, sign=True)} "
+                     f"(sign-flip {p_phrase(pa['p_signflip'])} over {pa['n']} seeds)")
     else:
         parts.append(f"no paired test over seeds ({pa.get('note') or 'fewer than 2 seed pairs'})")
     for r in c["mcnemar"]["per_pair"]:
-        parts.append(f"McNemar (seed {r['seed']}): {r['b']} images only {a} gets right, {r['c']} only {b}, "
-                     f"{p_phrase(r['p_value'])}")
+        parts.append(f"McNemar (seed {r['seed']}, descriptive): {r['b']} images only {a} gets right, {r['c']} only "
+                     f"{b}, {p_phrase(r['p_value'])}")
     return "; ".join(parts) + "."
+
+
+def sweep_sentence(sweep: dict) -> str:
+    """Each arm's seed-paired differences from the baseline in accuracy and dist, with their sign-flip p."""
+    parts = []
+    for c in sweep["comparisons"]:
+        pa, pd = c["paired"].get("accuracy") or {}, c["paired"].get("dist") or {}
+        parts.append(f"{list(c['arms'])[0]}: accuracy {fmt_fixed(pa.get('mean_diff'), 3, sign=True)} "
+                     f"(sign-flip {p_phrase(pa.get('p_signflip'))}), dist {fmt_sig(pd.get('mean_diff'))} "
+                     f"(sign-flip {p_phrase(pd.get('p_signflip'))})")
+    return (f"each arm minus {sweep_baseline(sweep)}, paired by seed (lower dist = more consistent): "
+            + "; ".join(parts) + ".")
 
 
 def primary_metric(d: dict, primary: str | None) -> str:
