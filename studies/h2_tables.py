@@ -8,7 +8,8 @@ Usage (from the repository root)::
 ``--write`` replaces the text between ``<!-- h2-tables -->`` and ``<!-- /h2-tables -->`` in the study's
 README.md, so every number there is one of results.json. The tables: per arm mean [t 95% CI] over seeds;
 each arm minus the lambda-0 arm paired by seed (mean difference [t CI], exact sign-flip p: the H2 test); the
-rule's verdict per metric; the exact McNemar p of the seed pairs (descriptive only, beside the same statistic
+rule's verdict per metric; when the runs' test stores were scored by ``camstat faithfulness``, each arm's ROAD
+faithfulness with the same paired test and the rule's verdict; the exact McNemar p of the seed pairs (descriptive only, beside the same statistic
 between seeds of one arm); and the wall time per run (sum of its epochs' ``seconds``).
 """
 
@@ -95,6 +96,34 @@ def _excludes_zero(ci) -> bool:
     return bool(ci and ci[0] is not None and (ci[0] > 0 or ci[1] < 0))
 
 
+def faithfulness_lines(comps: list[dict]) -> list[str]:
+    """ROAD combined per arm, each arm minus the baseline paired by seed, maps minus random, and the rule."""
+    base = list(comps[0]["arms"])[1]
+    settings = comps[0]["faithfulness"]["settings"]
+    lines = [f"ROAD combined score of each run's maps (higher = more faithful; {settings['n']} test images per run, "
+             f"percentiles {settings['percentiles'][0]}-{settings['percentiles'][-1]}, noise {settings['road_noise']})"
+             f", mean [t CI] over seeds; each arm minus {base}, paired by seed: difference [t CI] and exact sign-flip "
+             "p; and each run's maps minus random maps (mean over seeds).", "",
+             f"| arm | seeds | ROAD combined [CI] | difference vs {base} [CI] | sign-flip p | maps minus random |",
+             "| --- | ---: | --- | --- | ---: | ---: |"]
+    arm = comps[0]["arms"][base]
+    lines.append(f"| {base} | {arm['road_combined']['n']} | {_num(arm['road_combined']['mean'], '.4f')}"
+                 f"{_ci(arm['road_combined']['ci95'], '.4f')} | | | {_num(arm['road_vs_random']['mean'], '.4f')} |")
+    changed = []
+    for c in comps:
+        name = list(c["arms"])[0]
+        arm, p = c["arms"][name], c["paired"]["road_combined"]
+        lines.append(f"| {name} | {arm['road_combined']['n']} | {_num(arm['road_combined']['mean'], '.4f')}"
+                     f"{_ci(arm['road_combined']['ci95'], '.4f')} | {_num(p['mean_diff'], '.4f', True)}"
+                     f"{_ci(p['ci95'], '.4f', True)} | {_p(p['p_signflip'])} | {_num(arm['road_vs_random']['mean'], '.4f')} |")
+        if p["p_signflip"] is not None and p["p_signflip"] < ALPHA:
+            changed.append(f"{name} ({'less' if p['mean_diff'] < 0 else 'more'} faithful, {p['mean_diff']:+.4f})")
+    lines += ["", f"By the rule (sign-flip p < {ALPHA}) the CAM term changed faithfulness in: " + "; ".join(changed)
+              + ". No other arm's difference counts." if changed else
+              f"By the rule (sign-flip p < {ALPHA}) no arm's faithfulness differs from {base}."]
+    return lines
+
+
 def mcnemar_lines(comps: list[dict]) -> list[str]:
     base = list(comps[0]["arms"])[1]
     lines = ["| pairs of runs | n | McNemar p, median [min, max] |", "| --- | ---: | --- |"]
@@ -133,6 +162,8 @@ def render(results: dict) -> str:
          "over seeds)", arms_table(comps)),
         ("Each arm minus the baseline, paired by seed (the H2 test)", paired_table(comps)),
         ("Verdict per arm (accuracy, dist, ssim)", verdicts(comps)),
+        *([("Faithfulness per arm (ROAD on each run's scored test store RUN/test.zarr)", faithfulness_lines(comps))]
+          if comps[0].get("faithfulness") else []),
         ("Exact McNemar on per-image correctness: descriptive only, never the verdict", mcnemar_lines(comps)),
         ("Wall time per run (sum of the epochs' `seconds`: training and the per-epoch evaluation)",
          wall_table(results, comps)),

@@ -611,6 +611,20 @@ def test_report_of_a_sweep_folder(made, tmp_path):
     spread = direct["comparisons"][0]["paired"]["accuracy"]
     assert f"lambda=0.5 spread: accuracy {spread['mean_diff']:+.3f}" in summary
     assert {"fig-h2-learning-curves.png", "fig-h2-arms.png"} <= {f.name for f in out.glob("fig-*.png")}
+    # the study READMEs' tables (studies/h2_tables.py) show the same numbers
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("h2_tables", Path(__file__).parents[1] / "studies" / "h2_tables.py")
+    h2_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h2_tables)
+    text = h2_tables.render(results)
+    c = results["sweep"]["comparisons"][0]
+    acc = c["arms"]["lambda=0"]["accuracy"]
+    assert f"| lambda=0 | 2 | {acc['mean']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}] |" in text
+    d = c["paired"]["accuracy"]
+    assert (f"| lambda=0.5 spread | 2 | {d['mean_diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], "
+            f"p = {d['p_signflip']:.2g} |") in text
+    assert "2/2^2 = 0.5; so no difference can count" in text
     # the bold line of an arm is its per-epoch mean over seeds
     base = [r for r in results["runs"] if not r["lambda"]]
     epochs, mean = arm_mean_curve(base, "accuracy")

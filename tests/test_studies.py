@@ -74,3 +74,28 @@ def test_the_check_bites(tmp_path):
         good.write_text(bad + "\n")
         with pytest.raises(AssertionError):
             check(good)
+
+
+H2_STUDIES = ["studies/chest-xray", "studies/cifar10-resnet20-h2"]
+
+
+def h2_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("h2_tables", ROOT / "studies" / "h2_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("study", H2_STUDIES)
+def test_h2_tables_are_rendered_from_results_json(study):
+    """The README's block of H2 tables is exactly what studies/h2_tables.py renders from the results.json beside
+    it; a changed number in results.json changes the block."""
+    module = h2_tables()
+    readme = (ROOT / study / "README.md").read_text()
+    block = readme.split(module.BEGIN + "\n", 1)[1].split(module.END, 1)[0]
+    results = json.loads((ROOT / study / "results.json").read_text())
+    assert block == module.render(results)
+    module.comparisons(results)[-1]["paired"]["accuracy"]["mean_diff"] += 0.5
+    assert module.render(results) != block
