@@ -124,7 +124,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Bad options -> CamstatError (exit code 2 on the command line)."""
-        self.lam = _lambda_value(self.lam)
+        self.lam = _weight(self.lam, "--lambda", " (0 = plain training)")
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
@@ -156,14 +156,15 @@ class TrainConfig:
                 raise CamstatError(f"--{name.replace('_', '-')} must be >= 0")
 
 
-def _lambda_value(value) -> float:
+def _weight(value, what: str, zero_means: str = "") -> float:
+    """A loss weight (``--lambda``, a ``--hybrid`` term): a finite number >= 0."""
     try:
-        lam = float(value)
+        weight = float(value)
     except (TypeError, ValueError):
-        raise CamstatError(f"--lambda must be a number, not {value!r}") from None
-    if not math.isfinite(lam) or lam < 0:
-        raise CamstatError(f"--lambda must be finite and >= 0 (0 = plain training), not {value}")
-    return lam
+        raise CamstatError(f"{what} must be a number, not {value!r}") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise CamstatError(f"{what} must be finite and >= 0{zero_means}, not {value}")
+    return weight
 
 
 def loss_weights(loss: str, hybrid: str | dict | None = None) -> dict[str, float]:
@@ -188,13 +189,7 @@ def parse_hybrid(text: str | dict | None) -> dict[str, float]:
     for key, value in items:
         if key not in HYBRID_TERMS:
             raise CamstatError(f"unknown --hybrid term {key!r}; choose from {', '.join(HYBRID_TERMS)}")
-        try:
-            weight = float(value)
-        except (TypeError, ValueError):
-            raise CamstatError(f"--hybrid weight of {key} is not a number: {value!r}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise CamstatError(f"--hybrid weight of {key} must be finite and >= 0, not {value}")
-        weights[key] = weight
+        weights[key] = _weight(value, f"--hybrid weight of {key}")
     if not any(weights.values()):
         raise CamstatError("--hybrid needs at least one positive weight")
     return weights

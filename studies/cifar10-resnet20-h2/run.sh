@@ -4,14 +4,14 @@
 # every seed), 8 epochs, held out: a fixed 2,000 of the test images (CIFAR-10 has no val split, so the per-epoch
 # and the final evaluation are both on these). The pilot (README, "Pilot") had 5,000 images and 6 epochs.
 # Run from the repository root: `bash studies/cifar10-resnet20-h2/run.sh [STEP...]`, STEP in base0 means h2
-# report (default: all). Every step resumes: rerun the script after an interruption and only what is missing runs.
+# faith report (default: all). Every step resumes: rerun the script after an interruption and only what is missing runs.
 # DEVICE=cuda for a GPU; LANES=N runs N trainings side by side.
 set -euo pipefail
 DATA=imagefolder:../shared/data/cifar10-jpeg
 RUNS=${RUNS:-runs}
 STORE=${STORE:-store}
 OUT=${OUT:-studies/cifar10-resnet20-h2}
-STEPS=("${@:-base0 means h2 report}")
+STEPS=("${@:-base0 means h2 faith report}")
 STEPS=(${STEPS[*]})
 want() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 SWEEP=(--model camstat:resnet20 --data "$DATA" --normalize cifar --limit 8000 --eval-limit 2000 --epochs 8
@@ -40,6 +40,18 @@ if want h2; then
   pids=()
   for ((k = 0; k < LANES; k++)); do lane $k "$LANES" & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid"; done
+fi
+# Faithfulness per arm and seed (issue 15): each run's maps of the same 2,000 test images (extract's seeded,
+# class-balanced --limit subset) in RUN/test.zarr, where `camstat compare`/`report` look; ROAD on FAITH_N of them
+# (class-balanced by label, seeded: the same images for every run).
+FAITH_N=${FAITH_N:-1000}
+if want faith; then
+  for run in "$RUNS"/c10-h2/*/s*; do
+    camstat extract --model camstat:resnet20 --checkpoint "$run/model.pt" --data "$DATA" --normalize cifar \
+      --split test --limit 2000 --methods gradcam --store "$run/test.zarr" --device "${DEVICE:-cpu}" --resume
+    camstat faithfulness "$run/test.zarr" --method gradcam --limit "$FAITH_N" --road-noise 0.01 --seed 0 \
+      --jobs "${JOBS:-2}" --json "$run/faithfulness.json"
+  done
 fi
 if want report; then
   camstat compare "$RUNS/c10-h2" --json "$OUT/compare.json"
