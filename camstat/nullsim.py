@@ -204,6 +204,7 @@ def null_pipeline(
     correct: Any,
     classes: Any,
     *,
+    strata: Any | None = None,
     metric_names: Sequence[str] | None = None,
     repeats: int = 200,
     alpha: float = 0.05,
@@ -216,7 +217,9 @@ def null_pipeline(
 
     ``maps`` (N, H, W) analysis maps, ``correct`` (N,) bool, ``classes``
     (N,) int class indices (the class whose correct maps form the
-    reference). Every shuffle comes from one seeded generator, so the same
+    reference); ``strata`` (default ``classes``; each nested in a class)
+    those of the shuffle and of the pooled test, as in the analysis run
+    (cluster x class cells for clusters that mix classes). Every shuffle comes from one seeded generator, so the same
     inputs and ``seed`` give the same result (whatever ``workers``, the
     number of threads sharing the repeats; default
     :func:`camstat.metrics.default_threads`). ``progress(r)`` is called
@@ -234,8 +237,11 @@ def null_pipeline(
         raise ValueError("repeats must be >= 1 and alpha in (0, 1)")
     names = list(metrics.default_metric_names(False) if metric_names is None else metric_names)
     infos = [metrics.PER_IMAGE[nm] for nm in names]
+    cells = cls if strata is None else np.unique(np.asarray(strata).ravel(), return_inverse=True)[1].ravel()
+    if cells.size != x.shape[0]:
+        raise ValueError(f"strata has {cells.size} entries, expected {x.shape[0]}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6E756C6C]))  # "null"
-    labels = shuffle_within_class(c, cls, int(repeats), rng)
+    labels = shuffle_within_class(c, cells, int(repeats), rng)
     fixed = metrics.per_image_metrics(x, None, [m.name for m in infos if not m.needs_reference], q=q)
     values = {nm: np.broadcast_to(v, labels.shape) for nm, v in fixed.items()}
     by_ref = [m.name for m in infos if m.needs_reference]
@@ -256,7 +262,7 @@ def null_pipeline(
             list(pool.map(one, range(int(repeats))))
     out = {}
     for m in infos:
-        res = van_elteren_test(values[m.name], labels, cls)
+        res = van_elteren_test(values[m.name], labels, cells)
         ok = np.isfinite(res.p_value)
         auc = (1 + (res.delta if m.higher_is_more_consistent else -res.delta)) / 2
         quant = (lambda a: tuple(float(t) for t in np.quantile(a[ok], QUANTILES)) if ok.any()

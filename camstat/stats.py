@@ -1316,6 +1316,7 @@ def h1_metric(
     confidence: Any,
     *,
     class_names: Sequence[str],
+    strata: Any | None = None,
     min_group: int = 5,
     permutations: int = 10000,
     n_boot: int = 2000,
@@ -1333,12 +1334,15 @@ def h1_metric(
     with ``confidence`` (may be None), :func:`auc_test` of the metric as
     given. Images with NaN values are dropped and counted
     (``pooled.n_nan_dropped``); NaN confidences only leave the
-    confidence-adjusted model, with a note.
+    confidence-adjusted model, with a note. ``strata`` (default: ``classes``)
+    are the pooled tests' strata, when they must be finer than the groups
+    tested one by one (composition clusters that mix classes: cluster x class
+    cells, so that class differences cannot pass for an effect).
     """
     v = np.asarray(values, dtype=float).ravel()
     n_all = v.size
     c = _as_bool(correct, "correct", n_all)
-    _same_length(n_all, classes=classes, confidence=confidence)
+    _same_length(n_all, classes=classes, confidence=confidence, strata=strata)
     codes = _class_codes(classes, class_names)
     conf = None if confidence is None else np.asarray(confidence, dtype=float).ravel()
     if int(min_group) < 1:
@@ -1356,8 +1360,11 @@ def h1_metric(
         conf = conf[finite]
 
     rows, skipped = _class_rows(v, c, codes, counts, class_names, min_group, n_boot, seed)
-    names_arr = np.asarray([str(nm) for nm in class_names], dtype=object)
-    strata = names_arr[codes] if codes.size else np.empty(0, dtype=object)
+    if strata is None:
+        names_arr = np.asarray([str(nm) for nm in class_names], dtype=object)
+        strata = names_arr[codes] if codes.size else np.empty(0, dtype=object)
+    else:
+        strata = np.asarray(strata).ravel()[finite]
     pooled = _pooled(v, c, strata, conf, n_nan, notes, permutations, n_boot, seed)
     return H1MetricResult(per_class=tuple(rows), skipped=tuple(skipped), pooled=pooled)
 
@@ -1369,6 +1376,7 @@ def h1_analysis(
     confidence: Any,
     *,
     class_names: Sequence[str],
+    strata: Any | None = None,
     correction: str = "holm",
     min_group: int = 5,
     permutations: int = 10000,
@@ -1378,7 +1386,7 @@ def h1_analysis(
     """H1 for every metric; per-class p-values adjusted jointly.
 
     Runs :func:`h1_metric` for each metric (seed derived from ``seed`` and
-    the metric's name), then applies :func:`adjust` with ``correction`` to
+    the metric's name; ``strata`` the pooled tests' strata), then applies :func:`adjust` with ``correction`` to
     the family of *all* per-class tests of all metrics (skipped classes are
     not in the family) and fills ``p_adjusted``. ``to_dict()`` gives
     ``{metric: {"per_class": [...], "skipped": [...], "pooled": {...}}}``.
@@ -1392,6 +1400,7 @@ def h1_analysis(
             classes,
             confidence,
             class_names=class_names,
+            strata=strata,
             min_group=min_group,
             permutations=permutations,
             n_boot=n_boot,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from camstat import metrics
+from camstat import metrics, stats
 from camstat.cli import main
 from camstat.h1 import analyze
 from camstat.present.text import reference_kind, verdict_text
@@ -260,7 +260,19 @@ def test_by_class(stores):
 
 
 def test_by_cluster(stores):
-    d = analyze(stores["main"], by="cluster", clusters=3, save=False, pair_sample=20, **FAST).to_dict()
+    res = analyze(stores["main"], by="cluster", clusters=3, save=False, pair_sample=20, **FAST)
+    d = res.to_dict()
+    # clusters across classes: the pooled tests' strata are cluster x class cells
+    s = open_store(stores["main"])
+    pred, correct = s.samples["pred"].astype(np.int64), s.samples["correct"].astype(bool)
+    assert d["params"]["strata"] == "cluster x class"
+    np.testing.assert_array_equal(res.strata, res.groups * len(s.classes) + pred)
+    assert len(np.unique(res.strata)) > len(np.unique(res.groups))  # the clusters do mix classes here
+    ok = np.isfinite(res.values["dist"])
+    cells = stats.within_class_auc(res.values["dist"][ok], correct[ok], res.strata[ok],
+                                   higher_is_more_consistent=False, n_boot=0)
+    assert d["metrics"]["dist"]["pooled"]["auc_within_class"] == pytest.approx(cells.auc_within_class, abs=1e-12)
+    assert analyze(stores["main"], save=False, metrics="dist", **FAST).to_dict()["params"]["strata"] == "class"
     c = d["clusters"]
     assert c["k"] == 3 and sum(c["sizes"]) == N and c["sizes"] == sorted(c["sizes"], reverse=True)
     assert [g["cluster"] for g in d["groups"]] == ["cluster 0", "cluster 1", "cluster 2"]

@@ -28,6 +28,7 @@ class ConsistencyResult:
     groups: np.ndarray = field(repr=False)
     controls: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     derived: str | None = None
+    strata: np.ndarray | None = field(default=None, repr=False)  # the pooled tests' (params.strata says what)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.data))
@@ -106,7 +107,7 @@ def run_controls(s: Store, rnd: Store | None, spec: MapStream, opts: options.Opt
         # references from another store do not depend on the labels: only leave-one-out ones are rebuilt
         out["null_pipeline"] = (controls.null_pipeline(maps, correct, g.groups, opts.metrics,
                                                        repeats=opts.null_repeats, alpha=options.ALPHA,
-                                                       seed=opts.seed, q=opts.q)
+                                                       seed=opts.seed, q=opts.q, strata=g.strata)
                                 if loo else {"skipped": "fixed_reference"})
     if rnd is not None:
         n_groups = len(g.names)
@@ -115,7 +116,7 @@ def run_controls(s: Store, rnd: Store | None, spec: MapStream, opts: options.Opt
         arrays["random_weights"] = rnd_run.values
         rc = out["random_weights"] = {
             "store": rnd.identity(),
-            "metrics": controls.random_control(values, rnd_run.values, correct, g.groups, n_boot=opts.n_boot,
+            "metrics": controls.random_control(values, rnd_run.values, correct, g.strata, n_boot=opts.n_boot,
                                                seed=opts.seed),
             "undefined_reference": int(rnd_run.undefined.sum()),
         }
@@ -205,26 +206,28 @@ def analyze(store: Store | str | Path, *, method: str | None = None, layer: str 
                               masks=opts.needs_masks, group_level=opts.grouped, keep_maps=tested)
     if tested:
         metric_tables = tables.h1_tables(main_run.values, correct, g.groups, confidence, logits, g.names,
-                                         primary=opts.primary, correction=opts.correction,
+                                         strata=g.strata, primary=opts.primary, correction=opts.correction,
                                          min_group=opts.min_group, permutations=opts.permutations,
                                          n_boot=opts.n_boot, seed=opts.seed)
     else:
         metric_tables = tables.median_tables(main_run.values, correct, g.groups, g.names)
     result = h1_result(s, opts, g, main_run, correct, metric_tables)
-    result["confidence_baseline"] = (tables.confidence_baseline(confidence, correct, g.groups, n_boot=opts.n_boot,
+    result["confidence_baseline"] = (tables.confidence_baseline(confidence, correct, g.strata, n_boot=opts.n_boot,
                                                                 seed=opts.seed) if tested else None)
     result["dispersion"] = dispersion(main_run.maps, correct, g, opts) if tested else None
     result["controls"], control_values = run_controls(s, rnd, spec, opts, g, correct, main_run.values,
                                                       main_run.maps, loo=means is None)
     main_run.maps = None  # (N, H, W): not kept with the result
     result.update(params=record_params(opts, reference_info, rnd), store=str(s.path), provenance=provenance(s))
+    result["params"]["strata"] = g.strata_kind if tested else None
     result = jsonable(result)
     verdicts.primary_verdicts([result], alpha=options.ALPHA, correction=opts.correction)
     derived = None
     if save:
         derived = result["derived"] = save_result(s, result, main_run, g.groups if by == "cluster" else None,
                                                   control_values)
-    return ConsistencyResult(result, main_run.values, main_run.undefined, g.groups, control_values, derived)
+    return ConsistencyResult(result, main_run.values, main_run.undefined, g.groups, control_values, derived,
+                             g.strata)
 
 
 def h1_result(s: Store, opts: options.Options, g: grouping.Grouping, run: Streamed, correct: np.ndarray,

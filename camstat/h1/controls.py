@@ -62,13 +62,14 @@ def check_random(rnd: Store, store: Store, method: str, layer: str, target: str)
 
 
 def random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray], correct: np.ndarray,
-                   groups: np.ndarray, *, n_boot: int, seed: int) -> dict:
+                   strata: np.ndarray, *, n_boot: int, seed: int) -> dict:
     """Per metric: trained vs randomised-weights maps of the same images (Adebayo et al. 2018).
 
     Both within-class AUCs (the headline: can the random maps' consistency
     tell correct from incorrect images *of the same class*?) and both
-    marginal AUCs, in H1's orientation, with bootstrap CIs; medians and the
-    paired trained - random difference per image.
+    marginal AUCs, in H1's orientation, with bootstrap CIs (within
+    ``strata``: the pooled tests' strata); medians and the paired
+    trained - random difference per image.
     """
     out = {}
     for key in trained:
@@ -85,7 +86,7 @@ def random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray]
         row["random_over_trained"] = (mr / mt) if (mt not in (None, 0) and mr is not None) else None
         for name, v in (("trained", t), ("random", r)):
             ok = ~np.isnan(v)
-            w = stats.within_class_auc(v[ok], correct[ok], groups[ok], higher_is_more_consistent=higher,
+            w = stats.within_class_auc(v[ok], correct[ok], strata[ok], higher_is_more_consistent=higher,
                                        n_boot=n_boot, seed=int(rng(seed, "auc-within", name, key).integers(2**31)))
             m = stats.marginal_auc(v[ok], correct[ok], higher_is_more_consistent=higher, n_boot=n_boot,
                                    seed=int(rng(seed, "auc-marginal", name, key).integers(2**31)))
@@ -100,11 +101,11 @@ def random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray]
 
 
 def null_pipeline(maps: np.ndarray, correct: np.ndarray, groups: np.ndarray, names: list[str], *, repeats: int,
-                  alpha: float, seed: int, q: float) -> dict:
+                  alpha: float, seed: int, q: float, strata: np.ndarray | None = None) -> dict:
     """SPEC 4 ``controls.null_pipeline``: the whole pipeline ``repeats`` times under the null.
 
     :func:`camstat.nullsim.null_pipeline` (correctness shuffled within
-    group, leave-one-out references rebuilt, every metric recomputed, van
+    ``strata``, default the groups, leave-one-out references rebuilt per group, every metric recomputed, van
     Elteren's test) over the metrics that need no masks (mask-based ones do
     not depend on the labels' references). Adds each rejection rate's exact
     (Clopper-Pearson) 95 % CI over the repeats and the flag
@@ -113,8 +114,8 @@ def null_pipeline(maps: np.ndarray, correct: np.ndarray, groups: np.ndarray, nam
     from scipy.stats import binomtest
 
     usable = [m for m in names if not metrics_mod.PER_IMAGE[m].needs_masks]
-    res = nullsim.null_pipeline(maps, correct, groups, metric_names=usable, repeats=repeats, alpha=alpha,
-                                seed=seed, q=q).to_dict()
+    res = nullsim.null_pipeline(maps, correct, groups, strata=strata, metric_names=usable, repeats=repeats,
+                                alpha=alpha, seed=seed, q=q).to_dict()
     for m in res["metrics"].values():
         n, rate = m["n_tests"], m["rejection_rate"]
         if n and rate is not None:

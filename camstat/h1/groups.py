@@ -17,12 +17,25 @@ from camstat.store import Store
 
 @dataclass
 class Grouping:
-    """Each image's group (index into ``names``), the reference store's, and the clusters' description."""
+    """Each image's group (index into ``names``), the reference store's, and the clusters' description.
+
+    ``strata``: each image's stratum of the pooled tests (the within-stratum
+    AUC, the stratified permutation test, the model given confidence).
+    Composition clusters across classes mix classes whose accuracy and map
+    consistency differ, so there a stratum is a cluster x class cell
+    (``strata_kind`` ``"cluster x class"``); otherwise it is the group.
+    """
 
     groups: np.ndarray
     names: list[str]
     ref_groups: np.ndarray | None = None
     info: dict | None = None
+    strata: np.ndarray | None = None
+    strata_kind: str = "class"
+
+    def __post_init__(self) -> None:
+        if self.strata is None:
+            self.strata = self.groups
 
 
 def make_groups(store: Store, ref: Store | None, opts: Options) -> Grouping:
@@ -41,7 +54,10 @@ def make_groups(store: Store, ref: Store | None, opts: Options) -> Grouping:
     ref_groups = None
     if ref is not None:
         ref_groups = found.predict(composition.store_features(ref, opts.features), ref_classes)
-    return Grouping(found.labels, found.names, ref_groups, found.to_dict())
+    if opts.within_class:  # each cluster lies within one class already
+        return Grouping(found.labels, found.names, ref_groups, found.to_dict(), strata_kind="cluster")
+    return Grouping(found.labels, found.names, ref_groups, found.to_dict(),
+                    strata=found.labels * len(store.classes) + classes, strata_kind="cluster x class")
 
 
 def group_level(store: Store, spec: MapStream, streamed: Streamed, groups: np.ndarray, correct: np.ndarray | None,

@@ -126,10 +126,13 @@ def adjust_within_roles(tables: dict, correction: str) -> None:
 
 def h1_tables(values: dict[str, np.ndarray], correct: np.ndarray, groups: np.ndarray, confidence: np.ndarray,
               logits: np.ndarray | None, names: list[str], *, primary: str | None, correction: str,
-              min_group: int, permutations: int, n_boot: int, seed: int) -> dict:
-    """Per metric: :func:`camstat.stats.h1_analysis`'s tests, the SPEC 4 pooled keys, family, role, finding."""
-    res = stats.h1_analysis(values, correct, groups, confidence, class_names=names, correction=correction,
-                            min_group=min_group, permutations=permutations, n_boot=n_boot, seed=seed).to_dict()
+              min_group: int, permutations: int, n_boot: int, seed: int, strata: np.ndarray | None = None) -> dict:
+    """Per metric: :func:`camstat.stats.h1_analysis`'s tests (per group; pooled within ``strata``, default the
+    groups), the SPEC 4 pooled keys, family, role, finding."""
+    strata = groups if strata is None else strata
+    res = stats.h1_analysis(values, correct, groups, confidence, class_names=names, strata=strata,
+                            correction=correction, min_group=min_group, permutations=permutations, n_boot=n_boot,
+                            seed=seed).to_dict()
     out = {}
     for key, table in res.items():
         higher = metrics_mod.orientation(key)
@@ -138,7 +141,7 @@ def h1_tables(values: dict[str, np.ndarray], correct: np.ndarray, groups: np.nda
                                "odds_ratio_per_sd_given_confidence", "odds_ratio_ci95_given_confidence",
                                "p_lrt_given_confidence")}
         if higher is not None:
-            pooled.update(new_pooled(np.asarray(values[key], dtype=float), correct, groups, logits, higher,
+            pooled.update(new_pooled(np.asarray(values[key], dtype=float), correct, strata, logits, higher,
                                      n_boot=n_boot, seed=seed, key=key))
         out[key] = {
             "family": metrics_mod.family(key),

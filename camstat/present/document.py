@@ -12,7 +12,8 @@ from camstat.present.tables import (Table, analysis_label, compare_sentence, tab
                                     table_runs, table_sweep_arms, table_sweep_paired, sweep_baseline, sweep_sentence,
                                     verdict_sentence)
 from camstat.present.text import (ALPHA, DISPERSION_NOTE, MAPS_TEXT, fmt_ci, fmt_fixed, group_word, method_name,
-                                  null_pipeline_note, p_phrase, reference_kind, summary_roles, verdict_headline)
+                                  null_pipeline_note, p_phrase, reference_kind, stratum_word, summary_roles,
+                                  verdict_headline)
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
@@ -194,10 +195,10 @@ def _compose_analysis(doc: Document, an, figs: list[tuple[str, str]]) -> None:
         doc.heading(3, "Verdict")
         doc.para(f"**{verdict_headline(d)[:1].upper() + verdict_headline(d)[1:]}.** The verdict rests on the primary "
                  f"metric alone: its pooled permutation p, adjusted across the command's primary analyses, below "
-                 f"{ALPHA} *and* its within-{g} AUC CI above 0.5.")
+                 f"{ALPHA} *and* its within-{stratum_word(d)} AUC CI above 0.5.")
         cb = d.get("confidence_baseline")
         if cb:
-            doc.para(f"Baseline: softmax confidence alone has within-{g} AUC "
+            doc.para(f"Baseline: softmax confidence alone has within-{stratum_word(d)} AUC "
                      f"{fmt_fixed(cb.get('auc_within_class'), 3)} "
                      f"{fmt_ci(cb.get('auc_within_class_ci95'), 3)} (marginal {fmt_fixed(cb.get('auc_marginal'), 3)}).")
         for role_name, title in (("primary", None), ("secondary", "Secondary consistency metrics"),

@@ -39,7 +39,7 @@ from camstat import metrics as metrics_mod  # noqa: E402
 from camstat import references  # noqa: E402
 from camstat.errors import CamstatError  # noqa: E402
 from camstat.present.tables import primary_metric  # noqa: E402
-from camstat.present.text import fmt_ci, fmt_fixed, fmt_p, fmt_sig, method_name, plural  # noqa: E402
+from camstat.present.text import fmt_ci, fmt_fixed, fmt_p, fmt_sig, method_name, plural, stratum_word  # noqa: E402
 
 DPI = 110
 CMAP = "jet"
@@ -380,8 +380,8 @@ def roc_figure(an, out: Path) -> tuple[str, str, str] | None:
     correct = an.store.samples["correct"].astype(bool)
     if correct.all() or not correct.any():
         return None
-    groups = np.asarray(res.groups)
-    g = "cluster" if d["by"] == "cluster" else "class"
+    groups = np.asarray(res.groups if res.strata is None else res.strata)
+    g = stratum_word(d)
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     tab = plt.get_cmap("tab10").colors
     palette = [c for i, c in enumerate(tab) if i != 7] + list(plt.get_cmap("Dark2").colors)  # no grey: chance is grey

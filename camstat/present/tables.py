@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from camstat.present.text import (ALPHA, CORRECTION_NAMES, METRIC_PHRASES, auc_w_text, class_mix, composition_text,
                                   finite, fmt_ci, fmt_ci_sig, fmt_fixed, fmt_int, fmt_lambda, fmt_p, fmt_sig,
                                   group_word, method_name, metric_description, no_direction_reason, outcome_text,
-                                  p_phrase, plural, with_ci)
+                                  p_phrase, plural, strata_note, stratum_word, with_ci)
 
 @dataclass
 class Table:
@@ -59,7 +59,7 @@ def significant_classes(m: dict, alpha: float = ALPHA) -> tuple[int, int]:
 
 
 def table_h1_pooled(d: dict, src: str, key: str) -> Table:
-    g = group_word(d)
+    g, st = group_word(d), stratum_word(d)
     rows = []
     for name, m in d["metrics"].items():
         p = m["pooled"]
@@ -89,18 +89,18 @@ def table_h1_pooled(d: dict, src: str, key: str) -> Table:
                  f"the correct maps' mean than misclassified ones'? n = {d['n']} images ({d['n_correct']} correct). "
                  f"Role: the primary metric decides the verdict; secondary consistency metrics are adjusted across "
                  f"themselves; concentration (are correct maps narrower?) and localisation are questions of their own, "
-                 f"each adjusted across itself. AUC within {g}: probability that a correct image's map is better "
-                 f"(in the metric's sense) than a misclassified one's of the same {g}, van Elteren-weighted, BCa "
-                 f"bootstrap 95% CI (the headline effect size). δ: pooled within-{g} Cliff's delta of the metric as "
+                 f"each adjusted across itself. AUC within {st}: probability that a correct image's map is better "
+                 f"(in the metric's sense) than a misclassified one's of the same {st}, van Elteren-weighted, BCa "
+                 f"bootstrap 95% CI (the headline effect size). δ: pooled within-{st} Cliff's delta of the metric as "
                  f"given (positive = higher for correct). p perm: stratified permutation test "
-                 f"({d['params']['permutations']} permutations, correctness shuffled within {g}); p adj: {corr}-"
+                 f"({d['params']['permutations']} permutations, correctness shuffled within {st}); p adj: {corr}-"
                  f"adjusted within the metric's role (primary: over {fam} primary analys{'is' if fam == 1 else 'es'}). "
-                 f"OR/SD | conf: odds ratio of being correct per within-{g} SD of the metric (oriented: > 1 = better "
-                 f"maps more often correct) given {g} and a natural cubic spline of the softmax log-odds plus the "
+                 f"OR/SD | conf: odds ratio of being correct per within-{st} SD of the metric (oriented: > 1 = better "
+                 f"maps more often correct) given {st} and a natural cubic spline of the softmax log-odds plus the "
                  f"top-1 minus top-2 logit margin, Wald 95% CI, and its likelihood-ratio p. Marginal AUC: over all "
                  f"images, {plural(g)} ignored (mixes in differences between {plural(g)}). sig. {plural(g)}: "
-                 f"{corr}-adjusted per-{g} p < {ALPHA} with δ in H1's direction."),
-        columns=["metric", "role", "better", "n", f"AUC within {g} [95% CI]", "δ", "p perm", "p adj",
+                 f"{corr}-adjusted per-{g} p < {ALPHA} with δ in H1's direction." + (" " + strata_note(d)).rstrip()),
+        columns=["metric", "role", "better", "n", f"AUC within {st} [95% CI]", "δ", "p perm", "p adj",
                  "OR/SD | conf [95% CI]", "p LRT | conf", "marginal AUC [95% CI]", f"sig. {plural(g)}"],
         rows=rows, align="lllrrrrrrrrr",
     )
@@ -132,7 +132,7 @@ def table_h1_per_class(d: dict, name: str, src: str, key: str) -> Table:
 
 def table_null_pipeline(d: dict, src: str, key: str) -> Table:
     np_ = d["controls"]["null_pipeline"]
-    g = group_word(d)
+    g = stratum_word(d)
     rows = []
     for name, m in np_["metrics"].items():
         rows.append([name, fmt_int(m.get("n_tests")),
@@ -182,7 +182,7 @@ def table_dispersion(d: dict, src: str, key: str) -> Table:
 
 def table_random(d: dict, src: str, key: str) -> Table:
     rc = d["controls"]["random_weights"]
-    g = group_word(d)
+    g, st = group_word(d), stratum_word(d)
     rows = []
     for name, m in rc["metrics"].items():
         pt = m.get("paired_trained_minus_random") or {}
@@ -197,12 +197,12 @@ def table_random(d: dict, src: str, key: str) -> Table:
         key=key, source=src,
         caption=(f"Control: randomised weights (Adebayo et al. 2018). The same metrics on the maps of the same "
                  f"architecture with random weights ({rc['store']['path']}), same images, grouped by the trained "
-                 f"model's predictions and using its correctness. AUC within {g}: as in the pooled table (in H1's "
+                 f"model's predictions and using its correctness. AUC within {st}: as in the pooled table (in H1's "
                  f"orientation, BCa 95% CI); a random model's maps carry no information about the trained model's "
-                 f"errors within a {g}, so their within-{g} AUC should include 0.5; their marginal AUC can still "
+                 f"errors within a {st}, so their within-{st} AUC should include 0.5; their marginal AUC can still "
                  f"differ from 0.5 through differences between {plural(g)}. Mean diff: trained - random per image, "
                  f"95% CI, Wilcoxon signed-rank p."),
-        columns=["metric", "median trained", "median random", f"AUC within {g} trained", f"AUC within {g} random",
+        columns=["metric", "median trained", "median random", f"AUC within {st} trained", f"AUC within {st} random",
                  "marginal AUC random", "mean diff [95% CI]", "p"],
         rows=rows,
     )

@@ -8,7 +8,8 @@ from rich.text import Text
 
 from camstat.present.tables import Table as Cells
 from camstat.present.text import (ci, class_mix, composition_text, fmt_p, num, orientation_text, random_text,
-                                  random_warning, reference_kind, verdict_headline, verdict_text)
+                                  random_warning, reference_kind, strata_note, stratum_word, verdict_headline,
+                                  verdict_text)
 
 
 def from_cells(t: Cells) -> Table:
@@ -46,12 +47,14 @@ def render_consistency(d: dict) -> list:
                           "left out of the tests", style="yellow"))
     if d.get("dispersion"):
         items.append(_dispersion(d["dispersion"], label))
+    if strata_note(d):
+        items.append(Text(strata_note(d), style="dim"))
     if d["by"] != "class":
         supported = (d.get("verdict") or {}).get("supported")
         items.append(Text(f"verdict: {verdict_headline(d)}", style="bold green" if supported else "bold yellow"))
     ctl = d["controls"]
     if ctl.get("null_pipeline"):
-        items += _null_pipeline(ctl["null_pipeline"], label)
+        items += _null_pipeline(ctl["null_pipeline"], stratum_word(d))
     if ctl.get("random_weights"):
         items += _random(ctl["random_weights"])
     if d.get("derived"):
@@ -87,7 +90,7 @@ def _h1_metric(d: dict, key: str, m: dict, label: str) -> list:
         t.caption = f"skipped: {shown}{more}"
     p = m["pooled"]
     items: list = [t, Text(
-        f"  pooled (n = {p['n']}, {m['n_undefined']} undefined; {m['role']}): AUC within {label} "
+        f"  pooled (n = {p['n']}, {m['n_undefined']} undefined; {m['role']}): AUC within {stratum_word(d)} "
         f"{num(p.get('auc_within_class'), '.3f')} {ci(p.get('auc_within_class_ci95'))}, p_perm "
         f"{fmt_p(p['p_permutation'])}, p_adj {fmt_p(p.get('p_adjusted'))}, OR/SD|conf "
         f"{num(p.get('odds_ratio_per_sd_given_confidence'), '.3f')} {ci(p.get('odds_ratio_ci95_given_confidence'))}, "

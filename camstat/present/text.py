@@ -243,6 +243,21 @@ def group_word(d: dict) -> str:
     return "cluster" if d.get("by") == "cluster" else "class"
 
 
+def stratum_word(d: dict) -> str:
+    """What a stratum of the pooled tests is: the group, or a ``cell`` (:func:`strata_note`)."""
+    return "cell" if d.get("params", {}).get("strata") == "cluster x class" else group_word(d)
+
+
+def strata_note(d: dict) -> str:
+    """Why the pooled tests of clusters across classes are stratified by cluster x class cells ('' otherwise)."""
+    if stratum_word(d) != "cell":
+        return ""
+    of = "predicted class" if d["params"].get("class_of") == "pred" else "label"
+    return (f"A cell is one cluster's images of one {of}: these clusters mix classes, whose accuracy and maps "
+            f"differ, so the pooled tests compare correct and misclassified images of the same cluster *and* class "
+            f"(each map still against its cluster's mean).")
+
+
 FEATURE_TEXT = {
     "thumbnail": "8x8 grayscale thumbnails",
     "hog": "HOG of the 32x32 grayscale image (9 orientations, 8x8-pixel cells, 2x2-cell blocks)",
@@ -287,7 +302,7 @@ UNDEFINED_NOTE = ("images without a reference (leave-one-out: the only correct i
 def null_pipeline_note(d: dict) -> str:
     np_ = d["controls"]["null_pipeline"]
     return (f"the whole pipeline under the null, {np_['repeats']} times (seed {d['params']['seed']}): correctness "
-            f"shuffled within each {group_word(d)}, leave-one-out references rebuilt, every metric recomputed and the "
+            f"shuffled within each {stratum_word(d)}, leave-one-out references rebuilt, every metric recomputed and the "
             f"pooled test (van Elteren's stratified Wilcoxon test) rerun; the rejection rate at {np_['alpha']} must be "
             f"near {np_['alpha']}")
 
