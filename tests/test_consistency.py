@@ -272,6 +272,8 @@ def test_by_cluster(stores):
     cells = stats.within_class_auc(res.values["dist"][ok], correct[ok], res.strata[ok],
                                    higher_is_more_consistent=False, n_boot=0)
     assert d["metrics"]["dist"]["pooled"]["auc_within_class"] == pytest.approx(cells.auc_within_class, abs=1e-12)
+    # the permutation test's statistic is the same within-cell delta (the metric as given: dist, lower = better)
+    assert d["metrics"]["dist"]["pooled"]["statistic"] == pytest.approx(1 - 2 * cells.auc_within_class, abs=1e-12)
     assert analyze(stores["main"], save=False, metrics="dist", **FAST).to_dict()["params"]["strata"] == "class"
     c = d["clusters"]
     assert c["k"] == 3 and sum(c["sizes"]) == N and c["sizes"] == sorted(c["sizes"], reverse=True)

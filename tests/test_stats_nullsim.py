@@ -104,3 +104,17 @@ def test_null_pipeline_reveals_the_leave_one_out_asymmetry_of_small_classes():
     assert res.metrics["dist"].rejection_rate > 0.5
     assert res.metrics["dist"].delta_quantiles[1] > 0  # correct images farther: larger dist
     assert res.metrics["entropy"].rejection_rate < 0.15  # no reference, no asymmetry
+
+
+def test_strata_finer_than_the_groups_are_those_of_the_shuffle_and_the_test():
+    # cells (here: halves of each group) where every image is correct or every image is wrong hold no
+    # correct-vs-wrong comparison: the test within them has nothing to test, while within the groups it has
+    rng = np.random.default_rng(3)
+    x, _, cls = _null_maps(rng, n=20, size=9)
+    half = np.tile(np.repeat([0, 1], 10), 4)
+    correct = half == 0
+    cells = cls * 2 + half
+    within_cells = nullsim.null_pipeline(x, correct, cls, strata=cells, metric_names=["dist"], repeats=5, seed=0)
+    within_groups = nullsim.null_pipeline(x, correct, cls, metric_names=["dist"], repeats=5, seed=0)
+    assert within_cells.metrics["dist"].n_tests == 0
+    assert within_groups.metrics["dist"].n_tests == 5

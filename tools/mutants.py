@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a test run needs from the repository; the rest (studies, stores, virtual environments) is not copied.
-COPIED = ("camstat", "tests", "pyproject.toml")
+# What a test run needs from the repository (of studies/, the one script a test imports: the H2 tables); the
+# rest (study results, stores, virtual environments) is not copied.
+COPIED = ("camstat", "tests", "pyproject.toml", "studies/h2_tables.py")
 TIMEOUT_S = 600
 
 
@@ -74,7 +75,7 @@ MUTATIONS: tuple[Mutation, ...] = (
       "return list(self.chunks)",
       T + "test_extract.py::test_a_resumed_run_processes_exactly_the_pending_chunks"),
     m("null-control-unshuffled", "camstat/nullsim.py",
-      "labels = shuffle_within_class(c, cls, int(repeats), rng)",
+      "labels = shuffle_within_class(c, cells, int(repeats), rng)",
       "labels = np.broadcast_to(c, (int(repeats), c.size))",
       T + "test_consistency.py::test_null_pipeline_rejects_near_alpha_on_null_data"),
     m("by-cluster-features-noise", "camstat/h1/groups.py",
@@ -245,6 +246,27 @@ MUTATIONS: tuple[Mutation, ...] = (
       "image = ImageOps.exif_transpose(opened)",
       "image = opened",
       T + "test_decoding.py::test_exif_orientation_is_applied"),
+    # ---- this session: clusters across classes, the sweep report ----------------------------------------
+    m("cluster-strata-cluster-only", "camstat/h1/groups.py",
+      "strata=found.labels * len(store.classes) + classes, strata_kind=",
+      "strata_kind=",
+      T + "test_consistency.py::test_by_cluster"),
+    m("pooled-permutation-ignores-strata", "camstat/stats.py",
+      "            strata=strata,\n            min_group=min_group,",
+      "            strata=None,\n            min_group=min_group,",
+      T + "test_consistency.py::test_by_cluster"),
+    m("null-pipeline-tests-within-groups", "camstat/nullsim.py",
+      "res = van_elteren_test(values[m.name], labels, cells)",
+      "res = van_elteren_test(values[m.name], labels, cls)",
+      T + "test_stats_nullsim.py::test_strata_finer_than_the_groups_are_those_of_the_shuffle_and_the_test"),
+    m("sweep-folder-not-compared", "camstat/present/report.py",
+      "    if _several_arms_and_a_baseline(runs):",
+      "    if False:",
+      T + "test_report.py::test_report_of_a_sweep_folder"),
+    m("sweep-table-t-for-sign-flip", "camstat/present/tables.py",
+      'with_ci(diff, ci), fmt_p(p.get("p_signflip")),',
+      'with_ci(diff, ci), fmt_p(p.get("p_ttest")),',
+      T + "test_report.py::test_report_of_a_sweep_folder"),
 )
 
 
@@ -270,6 +292,7 @@ def copy_tree(root: Path, dest: Path) -> None:
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
         else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
 
 
