@@ -129,8 +129,11 @@ def extract(
     with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
                      chunks=chunks) as writer:
         with CamEngine(net, layers, method_list, seed=seed) as engine, HeadInput(net, head) as head_input:
-            processed = _fill(writer, engine, head_input, dataset, dev, target_list, batch_size=batch_size,
-                              workers=workers, chunk=chunk, progress=progress)
+            try:
+                processed = _fill(writer, engine, head_input, dataset, dev, target_list, batch_size=batch_size,
+                                  workers=workers, chunk=chunk, progress=progress)
+            except CamstatError as exc:  # bad data met mid-run: say what the store holds and how to go on
+                raise CamstatError(f"{exc}. {incomplete_note(writer)}") from None
     seconds = time.perf_counter() - start
     from camstat.store import Store
 
@@ -180,6 +183,14 @@ def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None
             " pass the right --num-classes or checkpoint"
         )
     return loaded, dataset
+
+
+def incomplete_note(writer: StoreWriter) -> str:
+    """What a run stopped by bad data leaves: an incomplete store (no analysis reads it) of intact chunks."""
+    left = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in writer.pending())
+    return (f"{writer.path} is left incomplete ({writer.n - left} of {writer.n} images done, every written chunk "
+            f"intact; analyses refuse it): after fixing the data rerun with --resume, or with other options "
+            f"--overwrite")
 
 
 def _fill(writer: StoreWriter, engine: CamEngine, head_input: HeadInput, dataset, dev, targets: list[str], *,

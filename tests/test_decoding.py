@@ -279,6 +279,26 @@ def test_extract_refuses_bad_floats_with_exit_2_naming_the_file(tmp_path, capsys
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_bad_float_found_mid_run_leaves_an_incomplete_store_that_resumes(tmp_path, capsys):
+    """The first image is checked before the store exists; a later bad one stops the run with one line that says
+    what the store holds and how to go on, and after the file is fixed --resume finishes the store."""
+    (tmp_path / "model.py").write_text(f"OUT = {str(tmp_path / 'input.npy')!r}\n" + MODEL_FILE)
+    for i in range(6):
+        _float_tiff(_place(tmp_path, f"{i}.tif"), np.full((6, 6), 0.1 * (i + 1), np.float32))
+    bad = np.full((6, 6), 0.25, np.float32)
+    bad[2, 2] = 1.5
+    _float_tiff(_place(tmp_path, "5.tif"), bad)
+    assert _extract(tmp_path, "--chunk", "2", "--batch-size", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar: one line
+    assert err.startswith("error: ") and "5.tif" in err and "Traceback" not in err
+    assert "is left incomplete (4 of 6 images done" in err and "--resume" in err
+    s = open_store(tmp_path / "s.zarr")
+    assert not s.complete and s.samples["done"].sum() == 4
+    _float_tiff(_place(tmp_path, "5.tif"), np.full((6, 6), 0.25, np.float32))
+    assert _extract(tmp_path, "--chunk", "2", "--batch-size", "2", "--resume") == 0
+    assert open_store(tmp_path / "s.zarr").complete
+
+
 # --------------------------------------------------------------------------
 # DICOM (when pydicom is installed: the camstat[dicom] extra)
 
