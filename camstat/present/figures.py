@@ -518,7 +518,8 @@ def learning_curves(runs: list[dict], comparisons: list[dict], out: Path) -> tup
 
 ARM_PANELS = (("accuracy", "held-out accuracy"), ("dist", "dist (lower = more consistent)"),
               ("ssim", "ssim (higher = more consistent)"), ("entropy", "entropy (lower = more concentrated)"),
-              ("spread", "spread (lower = more concentrated)"))
+              ("spread", "spread (lower = more concentrated)"),
+              ("road_combined", "ROAD combined (higher = more faithful)"))  # when the runs' test stores were scored
 
 
 def _arm_test_note(c: dict, m: str) -> str:
@@ -572,7 +573,9 @@ def arm_figure(comparisons: list[dict], out: Path) -> tuple[str, str, str] | Non
     cap = (f"Arm comparison: dots are runs (seeds); black diamonds the arm mean with its t-based 95% CI over seeds. "
            f"Above each arm: the exact sign-flip p over seeds of its paired difference from {base} (the H2 test; "
            "with a single seed pair, the exact McNemar test on per-image correctness instead). Consistency (dist, "
-           "ssim) and concentration (entropy, spread) on the images each run gets right.")
+           "ssim) and concentration (entropy, spread) on the images each run gets right"
+           + ("; ROAD faithfulness of each run's maps on its scored test store." if any(m == "road_combined"
+                                                                                      for m, _ in panels) else "."))
     return "runs", fname, cap
 
 
