@@ -559,7 +559,7 @@ def demo(
 @app.command("detect-errors")
 def detect_errors(
     store: Path = typer.Argument(..., help="A complete camstat store (e.g. the test split)."),
-    reference: Path = typer.Option(..., "--reference", help="The same model's train-split store: its correct maps give the class means."),
+    reference: Path = typer.Option(..., "--reference", help="The same model's store of another split (train, or val when STORE is the test split; never the test split): its correct maps give the class means."),
     method: Optional[str] = typer.Option(None, "--method", help="CAM method in the store (default: its first)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer in the store (default: its first)."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of consistency metrics (default all): dist, ssim, iou, corr, com."),

@@ -5,7 +5,7 @@ Every image of a store is scored for "this prediction is an error" by
 * each consistency metric (SPEC 3: ``dist``, ``ssim``, ``iou``, ``corr``,
   ``com``) of its map (target = predicted class) against the mean map of its
   **predicted** class, built from the correct maps of a *reference* store --
-  the same model on another split (the train split), so that the detector
+  the same model on another split (train, or val; never test), so that the detector
   never uses the analysed images' correctness. Oriented by H1's direction,
   fixed in advance: distances as they are, similarities negated;
 * the softmax baselines from the stored logits (Hendrycks & Gimpel 2017):
@@ -113,8 +113,11 @@ def _identity(store: Store) -> tuple:
 
 
 def check_reference(ref: Store, store: Store, method: str, layer: str) -> None:
-    """Refuse a reference that is not the same model's correct maps of another split (each with what to give)."""
-    give = "give the same model's store of its train split (camstat extract ... --split train)"
+    """Refuse a reference that is not the same model's correct maps of another split (each with what to give).
+
+    Any other split will do (train, or val when the test split is analysed), except the test split itself: it is
+    kept for the final evaluation, so no statistic of another split may be built from its images."""
+    give = "give the same model's store of its train split (camstat extract ... --split train) or of another split"
     if ref.path.resolve() == store.path.resolve():
         raise CamstatError(f"--reference is the analysed store itself; {give}")
     if _identity(ref) != _identity(store):
@@ -130,8 +133,9 @@ def check_reference(ref: Store, store: Store, method: str, layer: str) -> None:
     a, b = ref.attrs, store.attrs
     if (a.get("data"), a.get("split")) == (b.get("data"), b.get("split")):
         raise CamstatError(f"reference store {ref.path} holds the same images as {store.path}; {give}")
-    if a.get("split") != "train":
-        raise CamstatError(f"reference store {ref.path} is of the {a.get('split')!r} split; {give}")
+    if a.get("split") == "test":
+        raise CamstatError(f"reference store {ref.path} is of the test split, which is kept for the final "
+                           f"evaluation; {give}")
     ref.require_complete()
 
 

@@ -129,11 +129,8 @@ def extract(
     with StoreWriter(store, attrs, num_classes=loaded.num_classes, mask_shape=mask_shape, mode=mode,
                      chunks=chunks) as writer:
         with CamEngine(net, layers, method_list, seed=seed) as engine, HeadInput(net, head) as head_input:
-            try:
-                processed = _fill(writer, engine, head_input, dataset, dev, target_list, batch_size=batch_size,
-                                  workers=workers, chunk=chunk, progress=progress)
-            except CamstatError as exc:  # bad data met mid-run: say what the store holds and how to go on
-                raise CamstatError(f"{exc}. {incomplete_note(writer)}") from None
+            processed = _fill(writer, engine, head_input, dataset, dev, target_list, batch_size=batch_size,
+                              workers=workers, chunk=chunk, progress=progress)
     seconds = time.perf_counter() - start
     from camstat.store import Store
 
@@ -195,7 +192,10 @@ def incomplete_note(writer: StoreWriter) -> str:
 
 def _fill(writer: StoreWriter, engine: CamEngine, head_input: HeadInput, dataset, dev, targets: list[str], *,
           batch_size: int, workers: int, chunk: int, progress: Callable[[int, int], None] | None) -> int:
-    """Run the pending chunks batch by batch, writing each chunk when complete; the number of images run."""
+    """Run the pending chunks batch by batch, writing each chunk when complete; the number of images run.
+
+    Bad data met on the way (an image out of range, non-finite logits or maps) stops the run with what the store
+    holds and how to go on."""
     pending = writer.pending()
     total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
     batches = [list(range(s, min(s + batch_size, sl.stop)))
@@ -203,16 +203,19 @@ def _fill(writer: StoreWriter, engine: CamEngine, head_input: HeadInput, dataset
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
     processed = 0
     parts: list = []
-    for images, labels, idx in loader:
-        out = engine(images.to(dev), labels.to(dev), targets)
-        parts.append((idx.numpy(), labels.numpy(), out, head_input.take()))
-        processed += len(idx)
-        if progress:
-            progress(processed, total)
-        k = int(idx[0]) // chunk
-        if int(idx[-1]) + 1 == writer.chunk_slice(k).stop:
-            _write_chunk(writer, k, parts, dataset)
-            parts = []
+    try:
+        for images, labels, idx in loader:
+            out = engine(images.to(dev), labels.to(dev), targets)
+            parts.append((idx.numpy(), labels.numpy(), out, head_input.take()))
+            processed += len(idx)
+            if progress:
+                progress(processed, total)
+            k = int(idx[0]) // chunk
+            if int(idx[-1]) + 1 == writer.chunk_slice(k).stop:
+                _write_chunk(writer, k, parts, dataset)
+                parts = []
+    except CamstatError as exc:
+        raise CamstatError(f"{exc}. {incomplete_note(writer)}") from None
     return processed
 
 

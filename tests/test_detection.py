@@ -344,6 +344,14 @@ def test_reference_class_without_correct_maps_is_refused(stores):
         detect_errors(stores["cam_test"], path, **FAST)
 
 
+def test_a_val_reference_is_accepted(stores):
+    """Another split than the analysed one, not the test split: a val store's means for the test store."""
+    ref = stores["tmp"] / "cam_val.zarr"
+    shutil.copytree(stores["cam_train"], ref)
+    zarr.open_group(str(ref), mode="r+").attrs.update(split="val")
+    assert detect_errors(stores["cam_test"], ref, **FAST).to_dict()["reference"]["split"] == "val"
+
+
 @pytest.mark.parametrize("case, match", [
     ("itself", "itself"),
     ("model", "another model"),
@@ -351,7 +359,7 @@ def test_reference_class_without_correct_maps_is_refused(stores):
     ("method", "no method"),
     ("layer", "no layer"),
     ("split", "same images"),
-    ("val", "'val' split"),
+    ("test-reference", "kept for the final evaluation"),
     ("metrics", "invalid --metrics"),
 ])
 def test_refusals_exit_2(stores, capsys, case, match):
@@ -370,8 +378,9 @@ def test_refusals_exit_2(stores, capsys, case, match):
         extra = ["--metrics", "dist,entropy"]  # a concentration metric is no consistency score
     elif case == "split":
         ref = _copy_with(stores, "test_split.zarr", split="test")
-    else:
-        ref = _copy_with(stores, "val_split.zarr", split="val")
+    else:  # a val store analysed against the test split's means
+        store = _copy_with(stores, "val_split.zarr", split="val")
+        ref = _copy_with(stores, "test_split.zarr", split="test")
     with pytest.raises(CamstatError, match=match):
         options = {"--method": "method", "--layer": "layer", "--metrics": "metrics"}
         detect_errors(store, ref, **{options[k]: v for k, v in zip(extra[::2], extra[1::2])}, **FAST)
