@@ -62,6 +62,7 @@ OnBadImage = _choices("OnBadImage", ("skip", "fail"))
 Control = _choices("Control", ("permuted", "none"))
 Split = _choices("Split", ("train", "val", "test"))
 Intensity = _choices("Intensity", ("dtype", "minmax"))
+IntensityOpt = Annotated[Optional[Intensity], typer.Option("--intensity", help="Pixel values to [0, 1]: dtype (by the file's depth: 8-bit /255, 16-bit /65535 or its PNG sBIT depth, float as is and must lie in [0, 1]) or minmax (per image). Default: extract takes the checkpoint metadata's (the rule the model was trained with), else dtype.")]
 Loss = _choices("Loss", TRAIN_CHOICES["loss"])
 Cam = _choices("Cam", TRAIN_CHOICES["cam"])
 Schedule = _choices("Schedule", TRAIN_CHOICES["schedule"])
@@ -215,7 +216,7 @@ def extract(
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
     on_bad_image: OnBadImage = typer.Option("skip", "--on-bad-image", help="skip (report and leave out) or fail."),
-    intensity: Intensity = typer.Option("dtype", "--intensity", help="Pixel values to [0, 1]: dtype (by the file's depth: 8-bit /255, 16-bit /65535 or its PNG sBIT depth, float as is and must lie in [0, 1]) or minmax (per image)."),
+    intensity: IntensityOpt = None,
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     chunk: int = typer.Option(256, "--chunk", help="Samples per store chunk (the unit of resume and sharding)."),
     device: str = DeviceOpt,
@@ -233,7 +234,7 @@ def extract(
             methods=methods, layer=layer, target=target.value, size=size, normalize=normalize, limit=limit,
             batch_size=batch_size, workers=workers, device=device,
             mode="resume" if resume else "overwrite" if overwrite else "new", shard=shard,
-            on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update, intensity=intensity.value,
+            on_bad_image=on_bad_image.value, seed=seed, chunk=chunk, progress=update, intensity=intensity.value if intensity else None,
         )
     show(render_extract(result.to_dict(), shard), json_path)
     write_json(json_path, result.to_dict())
@@ -316,6 +317,7 @@ def train_reg(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop (pad 4) and horizontal flip."),
     size: Optional[int] = typer.Option(None, "--size", help="Input size (default: the data's own)."),
     normalize: Optional[str] = typer.Option(None, "--normalize", help="imagenet (default), cifar, none or MEAN,STD."),
+    intensity: IntensityOpt = "dtype",
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on N images (a fixed class-balanced subset)."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Hold out N images of the evaluated splits (default: all)."),
     eval_split: Optional[EvalSplit] = typer.Option(None, "--eval-split", help="Split evaluated each epoch: val or test (default: val when the data has one, else test); the test split is evaluated once more at the end."),
@@ -337,7 +339,7 @@ def train_reg(
         cam_ramp=cam_ramp, hybrid=hybrid, means_update=means_update.value, ema_decay=ema_decay, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, lr_schedule=lr_schedule.value, augment=augment, size=size, normalize=normalize,
-        limit=limit, eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
+        intensity=intensity.value if intensity else "dtype", limit=limit, eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None, eval_batch_size=eval_batch_size, workers=workers, seed=seed, device=device, amp=amp, overwrite=overwrite,
     )
     def on_epoch(r: dict) -> None:
         console.print(epoch_line(r), highlight=False)
@@ -395,6 +397,7 @@ def sweep(
     augment: bool = typer.Option(True, "--augment/--no-augment"),
     size: Optional[int] = typer.Option(None, "--size"),
     normalize: Optional[str] = typer.Option(None, "--normalize"),
+    intensity: IntensityOpt = "dtype",
     limit: Optional[int] = typer.Option(None, "--limit"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
     eval_split: Optional[EvalSplit] = typer.Option(None, "--eval-split", help="Default: val when the data has one, else test."),
@@ -410,7 +413,8 @@ def sweep(
 
     base = TrainConfig(model=model, data=data, means=str(means) if means else None, hybrid=hybrid,
                        schedule=schedule.value, layer=layer, epochs=epochs, batch_size=batch_size, lr=lr,
-                       optimizer=optimizer.value, augment=augment, size=size, normalize=normalize, limit=limit,
+                       optimizer=optimizer.value, augment=augment, size=size, normalize=normalize,
+                       intensity=intensity.value if intensity else "dtype", limit=limit,
                        eval_limit=eval_limit, eval_split=eval_split.value if eval_split else None,
                        workers=workers, device=device, amp=amp)
 

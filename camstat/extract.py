@@ -87,11 +87,12 @@ def extract(
     seed: int = 0,
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[int, int], None] | None = None,
-    intensity: str = "dtype",
+    intensity: str | None = None,
 ) -> ExtractResult:
     """Extract predictions and CAMs into a Zarr store; see SPEC 2.3.
 
     ``mode`` is ``new`` (refuse an existing store), ``resume`` or ``overwrite``.
+    ``intensity`` None: the checkpoint metadata's (the rule its model was trained with), else ``dtype``.
     ``progress(done, total)`` is called after every batch.
     """
     method_list = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
@@ -155,9 +156,9 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None, num_classes: int | None,
                     trust_checkpoint: bool, checkpoint_prefix: str | None, size: int | None,
-                    normalize: str | None, limit: int | None, on_bad_image: str, seed: int, intensity: str):
-    """(loaded model, dataset): the checkpoint's metadata decides size and normalisation; without one, the
-    data decides the number of classes."""
+                    normalize: str | None, limit: int | None, on_bad_image: str, seed: int, intensity: str | None):
+    """(loaded model, dataset): the checkpoint's metadata decides size, normalisation and intensity rule unless
+    given; without one, the data decides the number of classes."""
 
     def build(n_classes):
         # Seeded so that a model without checkpoint (the randomised-weights control) is reproducible.
@@ -170,7 +171,8 @@ def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None
     if size is None and meta.get("size"):
         size = int(meta["size"][0])
     dataset = data_mod.load_dataset(data, split, size=size, normalize=data_mod.parse_normalize(normalize, meta),
-                                    limit=limit, on_bad_image=on_bad_image, seed=seed, intensity=intensity)
+                                    limit=limit, on_bad_image=on_bad_image, seed=seed,
+                                    intensity=intensity or meta.get("intensity") or "dtype")
     if len(dataset) == 0:
         raise CamstatError(f"data {data!r} split {split!r} holds no images")
     loaded = loaded or build(len(dataset.classes))

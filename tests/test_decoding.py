@@ -2,6 +2,8 @@
 tensor that reaches the model holds the file's intensities (to 1/255 for
 8-bit, 1e-4 for deeper files); bad floats are refused naming the file."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -297,6 +299,30 @@ def test_a_bad_float_found_mid_run_leaves_an_incomplete_store_that_resumes(tmp_p
     _float_tiff(_place(tmp_path, "5.tif"), np.full((6, 6), 0.25, np.float32))
     assert _extract(tmp_path, "--chunk", "2", "--batch-size", "2", "--resume") == 0
     assert open_store(tmp_path / "s.zarr").complete
+
+
+def test_train_reg_takes_intensity_and_extract_inherits_it_from_the_checkpoint(tmp_path, capsys):
+    """Float images beyond [0, 1] train under --intensity minmax (refused under dtype); the run records the rule,
+    and extract of its checkpoint decodes the same way without being told."""
+    rng = np.random.default_rng(4)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            folder = tmp_path / "data" / split / c
+            folder.mkdir(parents=True)
+            for i in range(6):
+                _float_tiff(folder / f"{i}.tif", rng.uniform(0, 40, (16, 16)).astype(np.float32))
+    data = f"imagefolder:{tmp_path / 'data'}"
+    args = ["train-reg", "--model", "camstat:smallcnn", "--data", data, "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu", "--normalize", "none"]
+    assert main([*args, "--out", str(tmp_path / "dtype")]) == 2
+    assert "outside [0, 1]" in capsys.readouterr().err
+    assert main([*args, "--intensity", "minmax", "--out", str(tmp_path / "run")]) == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["options"]["intensity"] == "minmax"
+    assert main(["extract", "--model", "camstat:smallcnn", "--checkpoint", str(tmp_path / "run" / "model.pt"),
+                 "--data", data, "--split", "test", "--methods", "gradcam", "--store", str(tmp_path / "t.zarr"),
+                 "--device", "cpu"]) == 0
+    assert open_store(tmp_path / "t.zarr").attrs["intensity"] == "minmax"
 
 
 # --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+from camstat.decoding import INTENSITIES
 from camstat.errors import CamstatError
 
 LOSSES = ("mean", "variance", "spread", "neg-variance", "hybrid")
@@ -32,7 +33,8 @@ NON_IDENTITY = ("out", "overwrite", "device", "workers")
 CLI_NAMES = {"lam": "--lambda"}
 ALWAYS_ARGS = ("model", "data", "out")
 CHOICES = {"loss": LOSSES, "cam": CAM_METHODS, "schedule": SCHEDULES, "means_update": ("none", "ema"),
-           "optimizer": ("sgd", "adamw"), "lr_schedule": ("cosine", "constant"), "eval_split": EVAL_SPLITS}
+           "optimizer": ("sgd", "adamw"), "lr_schedule": ("cosine", "constant"), "eval_split": EVAL_SPLITS,
+           "intensity": INTENSITIES}
 
 
 @dataclass
@@ -69,6 +71,7 @@ class TrainConfig:
     augment: bool = True
     size: int | None = None
     normalize: str | None = None
+    intensity: str = "dtype"
     limit: int | None = None
     eval_limit: int | None = None
     eval_split: str | None = None

@@ -97,9 +97,10 @@ def _load_data(cfg: TrainConfig, world: int):
 
     norm = data_mod.parse_normalize(cfg.normalize, None)
     train_ds = data_mod.load_dataset(cfg.data, "train", size=cfg.size, normalize=norm, limit=cfg.limit,
-                                     augment=cfg.augment, seed=DATA_SELECTION_SEED)
+                                     augment=cfg.augment, seed=DATA_SELECTION_SEED, intensity=cfg.intensity)
     held = lambda split: data_mod.load_dataset(cfg.data, split, size=train_ds.size, normalize=norm,
-                                               limit=cfg.eval_limit, seed=DATA_SELECTION_SEED)
+                                               limit=cfg.eval_limit, seed=DATA_SELECTION_SEED,
+                                               intensity=cfg.intensity)
     test_ds = held("test")
     eval_split, eval_ds = cfg.eval_split, None
     if eval_split in (None, "val"):

@@ -304,6 +304,7 @@ def _finish(tr: _Trainer, run_info: dict, ev: dict | None) -> dict:
     meta = {
         "model": cfg.model, "num_classes": plan.num_classes, "classes": plan.classes,
         "normalize": [list(plan.norm[0]), list(plan.norm[1])], "size": list(plan.input_size), "data": cfg.data,
+        "intensity": cfg.intensity,
         "layer": plan.layer, "cam": cfg.cam, "lambda": cfg.lam, "loss": cfg.loss, "schedule": cfg.schedule,
         "seed": cfg.seed, "epochs": cfg.epochs, "run": str(out),
     }
