@@ -243,9 +243,11 @@ def test_report_shows_faithfulness_per_arm_and_paired(scored, tmp_path):
     lines = (out / "report.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| arm |"))
     assert header.endswith("| ROAD combined | ROAD vs random | ROAD vs class mean |")
+    columns = [x.strip() for x in header.strip("|").split("|")]
+    assert columns[:7] == ["arm", "runs", "accuracy", "dist", "ssim", "entropy", "spread"]
     for name in ("reg", "base"):
         cells = [x.strip() for x in next(line for line in lines if line.startswith(f"| {name} |")).strip("|").split("|")]
-        for cell, m in zip(cells[5:], ("road_combined", "road_vs_random", "road_vs_class_mean")):
+        for cell, m in zip(cells[7:], ("road_combined", "road_vs_random", "road_vs_class_mean")):
             assert cell.startswith(f"{fmt_sig(c['arms'][name][m]['mean'])} ± "), (cell, m)
     row = next(line for line in lines if line.startswith("| road_vs_random |"))
     assert fmt_sig(c["paired"]["road_vs_random"]["mean_diff"]) in row
