@@ -91,9 +91,8 @@ def extract(
 ) -> ExtractResult:
     """Extract predictions and CAMs into a Zarr store; see SPEC 2.3.
 
-    ``mode`` is ``new`` (refuse an existing store), ``resume`` or ``overwrite``.
-    ``intensity`` None: the checkpoint metadata's (the rule its model was trained with), else ``dtype``.
-    ``progress(done, total)`` is called after every batch.
+    ``mode`` is ``new`` (refuse an existing store), ``resume`` or ``overwrite``; ``progress(done, total)`` is
+    called after every batch; ``intensity`` None: the checkpoint's rule (as trained), else ``dtype``.
     """
     method_list = parse_methods(methods if isinstance(methods, str) else ",".join(methods))
     target_list = parse_targets(target)
