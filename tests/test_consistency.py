@@ -266,8 +266,12 @@ def test_by_cluster(stores):
     s = open_store(stores["main"])
     pred, correct = s.samples["pred"].astype(np.int64), s.samples["correct"].astype(bool)
     assert d["params"]["strata"] == "cluster x class"
-    np.testing.assert_array_equal(res.strata, res.groups * len(s.classes) + pred)
+    cells = res.groups * len(s.classes) + pred  # the same partition, numbered 0.. in order
+    np.testing.assert_array_equal(res.strata, np.unique(cells, return_inverse=True)[1].ravel())
     assert len(np.unique(res.strata)) > len(np.unique(res.groups))  # the clusters do mix classes here
+    # the dispersion test runs within the same cells, named "cluster k, class"
+    rows = {r["class"] for r in d["dispersion"]["per_class"]} | {c for c, _ in d["dispersion"]["skipped"]}
+    assert rows == {f"cluster {g}, {s.classes[c]}" for g, c in zip(res.groups, pred)}
     ok = np.isfinite(res.values["dist"])
     cells = stats.within_class_auc(res.values["dist"][ok], correct[ok], res.strata[ok],
                                    higher_is_more_consistent=False, n_boot=0)

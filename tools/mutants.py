@@ -248,8 +248,8 @@ MUTATIONS: tuple[Mutation, ...] = (
       T + "test_decoding.py::test_exif_orientation_is_applied"),
     # ---- this session: clusters across classes, the sweep report ----------------------------------------
     m("cluster-strata-cluster-only", "camstat/h1/groups.py",
-      "strata=found.labels * len(store.classes) + classes, strata_kind=",
-      "strata_kind=",
+      "cells, strata = np.unique(found.labels * k + classes, return_inverse=True)",
+      "cells, strata = np.unique(found.labels * k, return_inverse=True)",
       T + "test_consistency.py::test_by_cluster"),
     m("pooled-permutation-ignores-strata", "camstat/stats.py",
       "            strata=strata,\n            min_group=min_group,",

@@ -128,10 +128,11 @@ def run_controls(s: Store, rnd: Store | None, spec: MapStream, opts: options.Opt
 
 
 def dispersion(maps: np.ndarray, correct: np.ndarray, g: grouping.Grouping, opts: options.Options) -> dict:
-    """SPEC 4 ``dispersion``: are incorrect maps less consistent *among themselves*? (:mod:`camstat.dispersion`)."""
+    """SPEC 4 ``dispersion``: are incorrect maps less consistent *among themselves*? (:mod:`camstat.dispersion`),
+    within the strata of the pooled tests (cluster x class cells for clusters across classes)."""
     from camstat.dispersion import dispersion_test
 
-    return dispersion_test(maps, correct, g.groups, class_names=g.names, min_group=max(2, opts.min_group),
+    return dispersion_test(maps, correct, g.strata, class_names=g.strata_names, min_group=max(2, opts.min_group),
                            n_permutations=opts.permutations, max_pairs_sample=min(200, opts.pair_sample),
                            seed=opts.seed).to_dict()
 

@@ -19,11 +19,12 @@ from camstat.store import Store
 class Grouping:
     """Each image's group (index into ``names``), the reference store's, and the clusters' description.
 
-    ``strata``: each image's stratum of the pooled tests (the within-stratum
-    AUC, the stratified permutation test, the model given confidence).
-    Composition clusters across classes mix classes whose accuracy and map
-    consistency differ, so there a stratum is a cluster x class cell
-    (``strata_kind`` ``"cluster x class"``); otherwise it is the group.
+    ``strata``: each image's stratum (index into ``strata_names``) of the
+    pooled tests (the within-stratum AUC, the stratified permutation test,
+    the model given confidence) and of the dispersion test. Composition
+    clusters across classes mix classes whose accuracy and map consistency
+    differ, so there a stratum is a cluster x class cell (``strata_kind``
+    ``"cluster x class"``, named ``"cluster 0, cat"``); otherwise it is the group.
     """
 
     groups: np.ndarray
@@ -32,10 +33,11 @@ class Grouping:
     info: dict | None = None
     strata: np.ndarray | None = None
     strata_kind: str = "class"
+    strata_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.strata is None:
-            self.strata = self.groups
+            self.strata, self.strata_names = self.groups, self.names
 
 
 def make_groups(store: Store, ref: Store | None, opts: Options) -> Grouping:
@@ -56,8 +58,11 @@ def make_groups(store: Store, ref: Store | None, opts: Options) -> Grouping:
         ref_groups = found.predict(composition.store_features(ref, opts.features), ref_classes)
     if opts.within_class:  # each cluster lies within one class already
         return Grouping(found.labels, found.names, ref_groups, found.to_dict(), strata_kind="cluster")
-    return Grouping(found.labels, found.names, ref_groups, found.to_dict(),
-                    strata=found.labels * len(store.classes) + classes, strata_kind="cluster x class")
+    k = len(store.classes)
+    cells, strata = np.unique(found.labels * k + classes, return_inverse=True)
+    return Grouping(found.labels, found.names, ref_groups, found.to_dict(), strata=strata.ravel(),
+                    strata_kind="cluster x class",
+                    strata_names=[f"{found.names[c // k]}, {store.classes[c % k]}" for c in cells])
 
 
 def group_level(store: Store, spec: MapStream, streamed: Streamed, groups: np.ndarray, correct: np.ndarray | None,

@@ -156,7 +156,7 @@ def table_null_pipeline(d: dict, src: str, key: str) -> Table:
 
 def table_dispersion(d: dict, src: str, key: str) -> Table:
     disp = d["dispersion"]
-    g = group_word(d)
+    g = stratum_word(d)
     rows = [[r["class"], fmt_int(r["n_correct"]), fmt_int(r["n_incorrect"]), fmt_sig(r["dispersion_correct"]),
              fmt_sig(r["dispersion_incorrect"]), fmt_fixed(r["statistic"], 2, sign=True), fmt_sig(r["ssim_correct"]),
              fmt_sig(r["ssim_incorrect"]), fmt_p(r["p_value"])] for r in disp["per_class"]]

@@ -46,7 +46,7 @@ def render_consistency(d: dict) -> list:
         items.append(Text(f"{u['n']} image(s) without a reference ({u['per_group']}): NaN for reference-based metrics, "
                           "left out of the tests", style="yellow"))
     if d.get("dispersion"):
-        items.append(_dispersion(d["dispersion"], label))
+        items.append(_dispersion(d["dispersion"], stratum_word(d)))
     if strata_note(d):
         items.append(Text(strata_note(d), style="dim"))
     if d["by"] != "class":
