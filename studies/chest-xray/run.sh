@@ -63,13 +63,13 @@ if want h2; then
 fi
 
 # ---- Faithfulness per arm and seed (issue 15) --------------------------------------------------------------------
-# Each run's test store at RUN/test.zarr (the place `camstat compare` looks), scored by ROAD on 120 test images
-# (stratified, seeded); then compare/report show every arm's faithfulness with the seed as the unit.
+# Each run's test store at RUN/test.zarr (the place `camstat compare` looks), scored by ROAD on all 468 test images
+# (seeded imputation noise); then compare/report show every arm's faithfulness with the seed as the unit.
 if want faith; then
   for run in "$RUNS"/chest-h2/*/s*; do
     camstat extract --model camstat:resnet20 --checkpoint "$run/model.pt" --data "$DATA" --split test \
       --methods gradcam --store "$run/test.zarr" --device cpu --resume
-    camstat faithfulness "$run/test.zarr" --method gradcam --limit 120 --road-noise 0.01 --seed 0 --jobs 2 \
+    camstat faithfulness "$run/test.zarr" --method gradcam --road-noise 0.01 --seed 0 --jobs 2 \
       --json "$run/faithfulness.json"
   done
 fi
