@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from camstat.composition import FEATURES
-from camstat.data import with_class_names
 from camstat.errors import CamstatError, command_line_spelling
 from camstat.h1.options import BY, CLASS_OF, CORRECTIONS
 from camstat.present.terminal import (epoch_line, render_consistency, render_extract, render_info, render_layers,
@@ -223,13 +222,14 @@ def extract(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Run a model over a dataset split; store predictions and raw CAMs (one forward + one backward per batch)."""
+    from camstat import data as data_mod
     from camstat.extract import extract as run_extract
 
     if resume and overwrite:
         raise CamstatError("--resume and --overwrite exclude each other")
     with progress_bar("extract") as update:
         result = run_extract(
-            model, with_class_names(data, class_names), store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
+            model, data_mod.with_class_names(data, class_names), store, split=split, checkpoint=str(checkpoint) if checkpoint else None,
             num_classes=num_classes, trust_checkpoint=trust_checkpoint, checkpoint_prefix=checkpoint_prefix,
             methods=methods, layer=layer, target=target.value, size=size, normalize=normalize, limit=limit,
             batch_size=batch_size, workers=workers, device=device,
@@ -330,11 +330,12 @@ def train_reg(
     json_path: Optional[Path] = JsonOpt,
 ) -> None:
     """Train with L = L_cls + lambda * L_cam (lambda 0 = baseline); writes model.pt, run.json, metrics.jsonl."""
+    from camstat import data as data_mod
     from camstat.training.config import TrainConfig
     from camstat.training.train import train
 
     config = TrainConfig(
-        model=model, data=with_class_names(data, class_names), out=str(out_dir), lam=lam, loss=loss.value, cam=cam.value,
+        model=model, data=data_mod.with_class_names(data, class_names), out=str(out_dir), lam=lam, loss=loss.value, cam=cam.value,
         means=str(means) if means else None, layer=layer, schedule=schedule.value, cam_warmup=cam_warmup,
         cam_ramp=cam_ramp, hybrid=hybrid, means_update=means_update.value, ema_decay=ema_decay, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer.value, momentum=momentum, nesterov=nesterov,

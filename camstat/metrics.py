@@ -71,7 +71,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from camstat.errors import CamstatError
 
@@ -654,6 +653,8 @@ def pairwise_ssim(
 
 def default_threads() -> int:
     """Worker threads :func:`pairwise_ssim` uses by default: torch's thread setting, at most the CPU count."""
+    import torch  # here, not at import: the CLI and the statistics load without torch
+
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
@@ -667,10 +668,14 @@ class _single_threaded_torch:
     """
 
     def __enter__(self) -> None:
+        import torch
+
         self.n = torch.get_num_threads()
         torch.set_num_threads(1)
 
     def __exit__(self, *exc: object) -> None:
+        import torch
+
         torch.set_num_threads(self.n)
 
 
@@ -678,11 +683,12 @@ def _pairwise_ssim_sum(
     x: np.ndarray, block: int, max_chunk_bytes: int, threads: int, sub_elems: int = 1 << 18
 ) -> np.ndarray:
     """sum_p S_ij(p) for i <= j by blocks (lower triangle of blocks left 0); float64 (N, N)."""
+    import torch
+
     n, h, w = x.shape
     hv, wv = h - WIN_SIZE + 1, w - WIN_SIZE + 1
-    # near-equal blocks (less work wasted on the full diagonal blocks), in
-    # multiples of 16 floats, which the matrix-product and vector kernels
-    # handle fastest (a 50-wide block costs about as much as a 64-wide one)
+    # near-equal blocks (less work wasted on the full diagonal blocks), in multiples of 16 floats, which the
+    # matrix-product and vector kernels handle fastest (a 50-wide block costs about as much as a 64-wide one)
     balanced = -(-n // -(-n // max(1, block)))
     block = max(1, min(block, -(-balanced // 16) * 16))
     mu, var = _window_stats(x)
@@ -690,9 +696,8 @@ def _pairwise_ssim_sum(
     # column sqrt(C2), so the matrix product yields A2 = 2 s_ij + C2 directly.
     # Positions-major layout (H, W, N): a window's entries for all maps are
     # contiguous rows, which makes building the patch matrix a fast copy.
-    # float32 throughout: rounding mu or x changes the centred values by a
-    # per-window constant (whose products with zero-sum residuals vanish)
-    # or by ~6e-8 relative, far below the 1e-5 agreement required.
+    # float32 throughout: rounding mu or x changes the centred values by a per-window constant (whose products
+    # with zero-sum residuals vanish) or by ~6e-8 relative, far below the 1e-5 agreement required.
     scale = math.sqrt(2.0 / (_NP - 1))
     xt = torch.from_numpy(np.ascontiguousarray((x * scale).transpose(1, 2, 0), dtype=np.float32))
     pos = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(1, 2, 0), dtype=np.float32))

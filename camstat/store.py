@@ -41,7 +41,6 @@ import numpy as np
 import zarr
 
 from camstat import derived as derived_mod
-from camstat.cams import scale_maps
 from camstat.errors import CamstatError, spell
 from camstat.integrity import BadChunk, checked_read, compressors, has_checksum, scan_array, write_config
 from camstat.locks import CREATE_BYTE, LEGACY_LOCK, LockFile
@@ -281,6 +280,8 @@ class Store:
         if isinstance(size, str) and size != "layer":
             raise CamstatError(f"unknown size {size!r}; give (H, W), 'layer' or None (the input size)")
         shape = raw.shape[-2:] if size == "layer" else tuple(size) if size else self.input_size
+        from camstat.cams import scale_maps  # torch, loaded when maps are first read, not with the store
+
         return scale_maps(raw, shape, "none" if normalize is None else normalize)
 
     def iter_maps(self, method: str, layer: str | None = None, target: str = "pred", size=None,

@@ -207,3 +207,14 @@ def test_compare_results_finds_every_changed_number_and_ignores_text():
     assert [d[0] for d in tool.compare(a, missing)["differences"]] == ["/m/p[2]"]
     flipped = {"x": 1.0, "m": {"p": [0.1, 0.0, False]}}
     assert len(tool.compare(a, flipped)["differences"]) == 2  # null -> 0 and True -> False both count
+
+
+def test_the_cli_loads_without_torch():
+    """`camstat --help`, completion and the statistics commands start fast: importing the CLI loads no torch (it
+    loads when a command runs a model or reads maps)."""
+    import subprocess
+    import sys
+
+    code = "import sys, camstat.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
