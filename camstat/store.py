@@ -43,7 +43,7 @@ import zarr
 from camstat import derived as derived_mod
 from camstat.errors import CamstatError, spell
 from camstat.integrity import BadChunk, checked_read, compressors, has_checksum, scan_array, write_config
-from camstat.locks import CREATE_BYTE, LEGACY_LOCK, LockFile
+from camstat.locks import CREATE_BYTE, LEGACY_LOCK, LockFile, lock_path
 
 SCHEMA_VERSION = 1
 SAMPLE_FIELDS = ("index", "label", "pred", "confidence", "correct")
@@ -457,11 +457,12 @@ class StoreWriter:
             raise CamstatError(_exists_message(self.path))
         if self.path.exists() and not self.path.is_dir():
             raise CamstatError(f"{self.path} exists and is not a directory; choose another {spell('--store', 'store')}")
-        # Never write into (or, with --overwrite, delete) a folder that camstat did not make.
-        if self.path.exists() and any(self.path.iterdir()) and not _is_ours(self.path):
-            raise CamstatError(f"{self.path} exists and is not a camstat store; choose another"
-                               f" {spell('--store', 'store')} path")
-        self.path.mkdir(parents=True, exist_ok=True)
+        # Never write into (or, with --overwrite, delete) a folder that camstat did not make. Checked before the
+        # lock file beside it is made, unless a writer made one: then it may be creating the store right now
+        # (its metadata half-written), and the check waits for the creation lock below.
+        if not lock_path(self.path).exists():
+            self._refuse_foreign()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._locks = LockFile(self.path)
         try:
             # Claim our chunks first, so an overwrite never deletes a store under a running writer. A shard
@@ -473,12 +474,19 @@ class StoreWriter:
                                    f" wait for it or use another {spell('--store', 'store')}")
             self._locks.lock(CREATE_BYTE, blocking=True)
             try:
+                self._refuse_foreign()
+                self.path.mkdir(exist_ok=True)
                 self._open_or_create(mode, num_classes, mask_shape)
             finally:
                 self._locks.unlock(CREATE_BYTE)
         except BaseException:
             self._locks.close()
             raise
+
+    def _refuse_foreign(self) -> None:
+        if self.path.exists() and any(self.path.iterdir()) and not _is_ours(self.path):
+            raise CamstatError(f"{self.path} exists and is not a camstat store; choose another"
+                               f" {spell('--store', 'store')} path")
 
     def _open_or_create(self, mode: str, num_classes: int, mask_shape) -> None:
         exists = is_store(self.path)

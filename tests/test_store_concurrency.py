@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -166,3 +167,33 @@ def test_sigkill_while_saving_leaves_the_previous_result_whole(tmp_path, fallbac
     assert max(versions) > 0  # the children did replace the result (each kill found some version whole)
     derived.write_derived(store, "r", {"version": -1}, {"a": np.ones(3)}, n=3)  # the next writer cleans up
     assert sorted(p.name for p in (store / "derived").iterdir()) == ["r", "zarr.json"]
+
+
+def _create_slowly(store: str, started, release) -> None:
+    """A writer half-way through creating ``store``: its lock file made, the creation lock held, and only
+    Zarr's temporary metadata file in the folder; it finishes (a creation cut short) when released."""
+    from camstat.locks import CREATE_BYTE, LockFile
+
+    locks = LockFile(store)
+    locks.lock(CREATE_BYTE, blocking=True)
+    Path(store).mkdir()
+    (Path(store) / "zarr.json.partial").write_text("{")
+    started.set()
+    release.wait(timeout=60)
+    (Path(store) / "zarr.json.partial").unlink()
+    locks.close()
+
+
+def test_a_store_half_created_by_another_writer_is_waited_for_not_refused(tmp_path):
+    # shards started together race like this: one sees the folder the other is creating before its metadata
+    # exists; it must wait for the creation lock instead of calling the folder foreign
+    store = tmp_path / "s.zarr"
+    started, release = FORK.Event(), FORK.Event()
+    creator = FORK.Process(target=_create_slowly, args=(str(store), started, release))
+    creator.start()
+    assert started.wait(timeout=60)
+    threading.Timer(3.0, release.set).start()  # after extract has reached the store (it loads for ~1 s)
+    res = extract("camstat:smallcnn", "builtin:digits", store, shard="0/2", **EXTRACT)
+    creator.join()
+    assert creator.exitcode == 0 and res.owned_chunks == 1
+    assert camstat.open_store(store).samples["done"].sum() == 8
