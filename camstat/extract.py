@@ -183,9 +183,13 @@ def _model_and_data(model: str, data: str, split: str, *, checkpoint: str | None
     return loaded, dataset
 
 
+def _images_in(writer: StoreWriter, chunks: list[int]) -> int:
+    return sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in chunks)
+
+
 def incomplete_note(writer: StoreWriter) -> str:
     """What a run stopped by bad data leaves: an incomplete store (no analysis reads it) of intact chunks."""
-    left = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in writer.pending())
+    left = _images_in(writer, writer.pending())
     return (f"{writer.path} is left incomplete ({writer.n - left} of {writer.n} images done, every written chunk "
             f"intact; analyses refuse it): after fixing the data rerun with --resume, or with other options "
             f"--overwrite")
@@ -198,7 +202,7 @@ def _fill(writer: StoreWriter, engine: CamEngine, head_input: HeadInput, dataset
     Bad data met on the way (an image out of range, non-finite logits or maps) stops the run with what the store
     holds and how to go on."""
     pending = writer.pending()
-    total = sum(writer.chunk_slice(k).stop - writer.chunk_slice(k).start for k in pending)
+    total = _images_in(writer, pending)
     batches = [list(range(s, min(s + batch_size, sl.stop)))
                for sl in map(writer.chunk_slice, pending) for s in range(sl.start, sl.stop, batch_size)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)

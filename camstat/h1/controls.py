@@ -101,11 +101,11 @@ def random_control(trained: dict[str, np.ndarray], random: dict[str, np.ndarray]
 
 
 def null_pipeline(maps: np.ndarray, correct: np.ndarray, groups: np.ndarray, names: list[str], *, repeats: int,
-                  alpha: float, seed: int, q: float, strata: np.ndarray | None = None) -> dict:
+                  alpha: float, seed: int, q: float, strata: np.ndarray) -> dict:
     """SPEC 4 ``controls.null_pipeline``: the whole pipeline ``repeats`` times under the null.
 
     :func:`camstat.nullsim.null_pipeline` (correctness shuffled within
-    ``strata``, default the groups, leave-one-out references rebuilt per group, every metric recomputed, van
+    ``strata`` (the grouping's), leave-one-out references rebuilt per group, every metric recomputed, van
     Elteren's test) over the metrics that need no masks (mask-based ones do
     not depend on the labels' references). Adds each rejection rate's exact
     (Clopper-Pearson) 95 % CI over the repeats and the flag

@@ -126,10 +126,9 @@ def adjust_within_roles(tables: dict, correction: str) -> None:
 
 def h1_tables(values: dict[str, np.ndarray], correct: np.ndarray, groups: np.ndarray, confidence: np.ndarray,
               logits: np.ndarray | None, names: list[str], *, primary: str | None, correction: str,
-              min_group: int, permutations: int, n_boot: int, seed: int, strata: np.ndarray | None = None) -> dict:
-    """Per metric: :func:`camstat.stats.h1_analysis`'s tests (per group; pooled within ``strata``, default the
-    groups), the SPEC 4 pooled keys, family, role, finding."""
-    strata = groups if strata is None else strata
+              min_group: int, permutations: int, n_boot: int, seed: int, strata: np.ndarray) -> dict:
+    """Per metric: :func:`camstat.stats.h1_analysis`'s tests (per group; pooled within ``strata``, the
+    grouping's), the SPEC 4 pooled keys, family, role, finding."""
     res = stats.h1_analysis(values, correct, groups, confidence, class_names=names, strata=strata,
                             correction=correction, min_group=min_group, permutations=permutations, n_boot=n_boot,
                             seed=seed).to_dict()

@@ -380,7 +380,7 @@ def roc_figure(an, out: Path) -> tuple[str, str, str] | None:
     correct = an.store.samples["correct"].astype(bool)
     if correct.all() or not correct.any():
         return None
-    groups = np.asarray(res.groups if res.strata is None else res.strata)
+    groups = np.asarray(res.strata)
     g = stratum_word(d)
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     tab = plt.get_cmap("tab10").colors
